@@ -1,0 +1,303 @@
+"""Command line of ``one-vmm-exec``: the Ruby driver's options, parsed the Ruby way.
+
+oned starts a driver with ``execlp(EXECUTABLE, EXECUTABLE, ARGUMENTS)``: all
+ARGUMENTS arrive as one argv element and file descriptor 2 is closed. This
+module undoes both (shell-like split; a safe fd 2) and then does what the bash
+wrapper of the original does (rc files, ``nice``, the debug log) before handing
+over to :mod:`vmm_exec.driver`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from vmm_exec import __version__, rubyisms
+from vmm_exec.config import (
+    KNOWN_HYPERVISORS,
+    DriverConfig,
+    Paths,
+    read_one_config,
+    scripts_remote_dir,
+    source_rc_file,
+)
+
+USAGE = """\
+usage: one-vmm-exec [options] HYPERVISOR
+
+OpenNebula VMM exec driver (Python port of one_vmm_exec.rb). Reads oned's
+driver protocol on stdin and answers on stdout.
+
+Options of the original driver:
+  -r, --retries [N]      retries of one-shot remote commands (default 0); a
+                         missing remote script (exit 42) triggers a remotes update
+  -t, --threads [N]      actions run at the same time (default 15)
+  -l, --local ACTIONS    actions run on the front-end, e.g. deploy,poll=poll_local
+  -d, --delegate ACTIONS actions run with SSH agent forwarding (default migrate)
+  -s, --shell SHELL      shell of the persistent remote stream (default bash)
+  -p, --parallel         allow several actions on the same host at once
+                         (default: one action per host at a time)
+  -w, --timeout [SECS]   kill a script that runs longer than SECS
+
+Options of this port:
+      --compat MODE      strict: reproduce the Ruby driver's transcripts;
+                         default: documented improvements (see README)
+      --transport NAME   openssh (default: the ssh binary) or paramiko
+      --rc FILE          source FILE like the bash wrapper sources vmm_execrc
+                         (may be repeated)
+      --hooks-dir DIR    extra directory of add-on hook files (may be repeated)
+  -h, --help             show this help and exit
+      --version          show the version and exit
+
+HYPERVISOR is kvm, qemu, lxc, firecracker, or any name with a directory in
+the remotes (vmm/HYPERVISOR).
+"""
+
+# name: (short, takes_argument) where takes_argument is "none", "optional" or "required"
+_OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
+    "retries": ("r", "optional"),
+    "threads": ("t", "optional"),
+    "local": ("l", "required"),
+    "delegate": ("d", "required"),
+    "shell": ("s", "required"),
+    "parallel": ("p", "none"),
+    "timeout": ("w", "optional"),
+    "compat": (None, "required"),
+    "transport": (None, "required"),
+    "rc": (None, "required"),
+    "hooks-dir": (None, "required"),
+    "help": ("h", "none"),
+    "version": (None, "none"),
+}
+_SHORT = {short: name for name, (short, _) in _OPTIONS.items() if short}
+
+
+class UsageError(Exception):
+    """A command line the Ruby driver would reject (it exits with status 255)."""
+
+
+@dataclass
+class Arguments:
+    options: List[Tuple[str, str]]
+    operands: List[str]
+
+
+def split_oned_argv(argv: Sequence[str]) -> List[str]:
+    """Undo oned's single-argv-element call: ``["-t 15 -r 0 kvm -p"]`` → words."""
+    if len(argv) == 1 and any(c in argv[0] for c in " \t\n"):
+        try:
+            return shlex.split(argv[0])
+        except ValueError:
+            return argv[0].split()
+    return list(argv)
+
+
+def getopt_long(argv: Sequence[str]) -> Arguments:
+    """Ruby ``GetoptLong`` in PERMUTE order: options anywhere, unique long prefixes.
+
+    An optional argument is taken from the next word only when that word does
+    not start with ``-``, exactly like GetoptLong.
+    """
+    options: List[Tuple[str, str]] = []
+    operands: List[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            operands.extend(argv[i:])
+            break
+        if word.startswith("--"):
+            name, sep, value = word[2:].partition("=")
+            full = _long_name(name)
+            kind = _OPTIONS[full][1]
+            if sep:
+                if kind == "none":
+                    raise UsageError(f"option `--{full}' doesn't allow an argument")
+            elif kind == "required":
+                if i >= len(argv):
+                    raise UsageError(f"option `--{full}' requires an argument")
+                value, i = argv[i], i + 1
+            elif kind == "optional" and i < len(argv) and not argv[i].startswith("-"):
+                value, i = argv[i], i + 1
+            options.append((full, value))
+        elif word.startswith("-") and word != "-":
+            j = 1
+            while j < len(word):
+                short = word[j]
+                if short not in _SHORT:
+                    raise UsageError(f"invalid option -- {short}")
+                full = _SHORT[short]
+                kind = _OPTIONS[full][1]
+                rest = word[j + 1:]
+                if kind == "none":
+                    options.append((full, ""))
+                    j += 1
+                    continue
+                if rest:
+                    options.append((full, rest))
+                elif kind == "required":
+                    if i >= len(argv):
+                        raise UsageError(f"option requires an argument -- {short}")
+                    options.append((full, argv[i]))
+                    i += 1
+                elif i < len(argv) and not argv[i].startswith("-"):
+                    options.append((full, argv[i]))
+                    i += 1
+                else:
+                    options.append((full, ""))
+                break
+        else:
+            operands.append(word)
+    return Arguments(options, operands)
+
+
+def _long_name(prefix: str) -> str:
+    if prefix in _OPTIONS:
+        return prefix
+    matches = [name for name in _OPTIONS if name.startswith(prefix)] if prefix else []
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UsageError(f"option `--{prefix}' is ambiguous between {', '.join(matches)}")
+    raise UsageError(f"unrecognized option `--{prefix}'")
+
+
+def build_config(args: Arguments, environ: Dict[str, str]) -> DriverConfig:
+    """Turn parsed arguments and the environment into the driver's configuration."""
+    values: Dict[str, object] = {}
+    rc_files: List[str] = []
+    hook_dirs: List[str] = []
+    for name, value in args.options:
+        if name in ("retries", "threads", "timeout"):
+            values[name] = rubyisms.to_i(value)
+        elif name in ("local", "delegate"):
+            values[name] = rubyisms.parse_actions_list(value)
+        elif name == "shell":
+            values["shell"] = value
+        elif name == "parallel":
+            values["single_host"] = False
+        elif name == "compat":
+            if value not in ("strict", "default"):
+                raise UsageError("--compat must be strict or default")
+            values["strict"] = value == "strict"
+        elif name == "transport":
+            if value not in ("openssh", "paramiko"):
+                raise UsageError("--transport must be openssh or paramiko")
+            values["transport"] = value
+        elif name == "rc":
+            rc_files.append(value)
+        elif name == "hooks-dir":
+            hook_dirs.append(value)
+    if not args.operands:
+        raise UsageError("missing HYPERVISOR argument")
+    paths = Paths(environ.get("ONE_LOCATION") or None)
+    for rc in rc_files:
+        environ.update(source_rc_file(rc, environ))
+    threads = int(values.pop("threads", 15))  # type: ignore[call-overload]
+    timeout = values.pop("timeout", None)
+    config = DriverConfig(
+        hypervisor=args.operands[0],
+        threads=max(threads, 1),
+        timeout=timeout if isinstance(timeout, int) and timeout > 0 else None,
+        paths=paths,
+        scripts_remote_dir=scripts_remote_dir(read_one_config(paths.config_file)),
+        live_disk_snapshots=tuple(rubyisms.split_words(environ.get("LIVE_DISK_SNAPSHOTS", ""))),
+        vnmad_local_actions=tuple(rubyisms.split_words(environ.get("VNMAD_LOCAL_ACTIONS", ""))),
+        hook_dirs=tuple(hook_dirs),
+        **values,  # type: ignore[arg-type]
+    )
+    if threads < 1:
+        print(f"--threads {threads} would never run an action; using 1", file=sys.stderr)
+    return config
+
+
+def ensure_stderr(log_path: Optional[str]) -> None:
+    """Give the process a usable fd 2.
+
+    oned starts drivers with fd 2 closed; then ``sys.stderr`` is None and a
+    stray ``print(file=sys.stderr)`` would go to *stdout*, corrupting the
+    protocol, while the next file opened would silently become fd 2. Like the
+    bash wrapper: the debug log when ONE_MAD_DEBUG is set, else /dev/null.
+    """
+    try:
+        os.fstat(2)
+        closed = False
+    except OSError:
+        closed = True
+    if not closed and log_path is None:
+        return
+    target = log_path or os.devnull
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    except OSError:
+        if not closed:
+            return
+        fd = os.open(os.devnull, os.O_WRONLY)
+    if fd != 2:
+        os.dup2(fd, 2)
+        os.close(fd)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+
+
+def wrapper_environment(paths: Paths, environ: Dict[str, str]) -> None:
+    """Export ``defaultrc`` and ``vmm_execrc`` variables, as ``madcommon.sh`` does."""
+    for rc in paths.rc_files:
+        environ.update(source_rc_file(rc, environ))
+
+
+def apply_priority(environ: Dict[str, str]) -> None:
+    """``nice -n $PRIORITY`` (default 19), like the wrapper."""
+    try:
+        increment = int(environ.get("PRIORITY") or 19)
+    except ValueError:
+        increment = 19
+    if increment:
+        try:
+            os.nice(increment)
+        except OSError:
+            pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    words = split_oned_argv(raw)
+    environ = os.environ
+    paths = Paths(environ.get("ONE_LOCATION") or None)
+    debug_log = None
+    if environ.get("ONE_MAD_DEBUG"):
+        operands = [w for w in words if not w.startswith("-")]
+        hv = operands[-1] if operands else "exec"
+        debug_log = os.path.join(paths.log_dir, f"one_vmm_exec_{hv}.log")
+    ensure_stderr(debug_log)
+    try:
+        args = getopt_long(words)
+    except UsageError as exc:
+        print(f"one-vmm-exec: {exc}", file=sys.stderr)
+        return 255
+    names = {name for name, _ in args.options}
+    if "help" in names:
+        sys.stdout.write(USAGE)
+        return 0
+    if "version" in names:
+        sys.stdout.write(f"one-vmm-exec {__version__}\n")
+        return 0
+    wrapper_environment(paths, environ)  # type: ignore[arg-type]
+    try:
+        config = build_config(args, environ)  # type: ignore[arg-type]
+    except UsageError as exc:
+        print(f"one-vmm-exec: {exc}", file=sys.stderr)
+        return 255
+    remotes_dir = os.path.join(config.paths.remotes, config.vmm_directory)
+    if config.hypervisor not in KNOWN_HYPERVISORS and not os.path.isdir(remotes_dir):
+        print(f"one-vmm-exec: warning: no remotes directory {remotes_dir} for "
+              f"hypervisor {config.hypervisor!r}", file=sys.stderr)
+    apply_priority(environ)  # type: ignore[arg-type]
+    from vmm_exec.driver import run_driver
+
+    return run_driver(config)

@@ -1,0 +1,151 @@
+"""The driver process: read oned's requests, schedule them, answer.
+
+A reader thread turns stdin lines into scheduler calls; the main thread waits
+for the end: FINALIZE with all work done (exit 0), stdin EOF (oned is gone:
+stop every child, exit 255 like the Ruby driver) or SIGTERM (same, exit 143).
+A malformed line never stops the loop.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import BinaryIO, Optional
+
+from vmm_exec import message as messages
+from vmm_exec.actions import ACTIONS
+from vmm_exec.config import DriverConfig
+from vmm_exec.engine import perform
+from vmm_exec.protocol import (
+    RESULT_SUCCESS,
+    ActionLine,
+    DriverCancel,
+    Empty,
+    Finalize,
+    Init,
+    Malformed,
+    Writer,
+    parse_line,
+)
+from vmm_exec.scheduler import Job, Scheduler
+
+EXIT_EOF = 255
+EXIT_TERM = 143
+
+# A VMM action is called with (id, drv_message): ActionManager drops any other arity.
+ACTION_ARITY = 2
+
+
+def diag(text: str) -> None:
+    """Diagnostics for the operator (the debug log, never the protocol)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def host_of(job: Job) -> Optional[str]:
+    """The HOST of a queued request, for single-host scheduling."""
+    return messages.decode(job.payload).text("HOST")
+
+
+class Driver:
+    def __init__(self, config: DriverConfig, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self.config = config
+        self.stdin = stdin
+        self.writer = Writer(stdout)
+        self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of)
+        self._done = threading.Event()
+        self.exit_code = 0
+
+    def _execute(self, job: Job) -> None:
+        perform(job.action, job.msg_id, job.payload, self.config, self.writer, job.tracker,
+                job.gate)
+
+    # -- request loop ---------------------------------------------------------
+    def handle(self, line: str) -> None:
+        command = parse_line(line)
+        if isinstance(command, Empty):
+            return
+        if isinstance(command, Malformed):
+            diag(f"Malformed message: {command.line!r}")
+        elif isinstance(command, Init):
+            if command.args:
+                diag(f"INIT takes no arguments, ignored: {line.strip()!r}")
+            elif not self.scheduler.finalizing:
+                self.writer.send("INIT", RESULT_SUCCESS)
+        elif isinstance(command, Finalize):
+            self.scheduler.finalize()
+            threading.Thread(target=self._await_finalize, daemon=True).start()
+        elif isinstance(command, DriverCancel):
+            self.scheduler.cancel(command.action_id)
+            self.writer.log(command.action_id,
+                            f"Driver command for {command.action_id} cancelled")
+        elif isinstance(command, ActionLine):
+            self._accept(command)
+
+    def _accept(self, command: ActionLine) -> None:
+        if command.action not in ACTIONS:
+            diag(f"Unknown action {command.action!r}, ignored")
+            return
+        if len(command.args) != ACTION_ARITY:
+            diag(f"{command.action} expects an id and a payload, got {len(command.args)} "
+                 "argument(s); ignored")
+            return
+        job = Job(command.action, command.action_id, command.args[0], command.args[1])
+        if not self.scheduler.submit(job):
+            diag(f"{command.action} {job.msg_id} received after FINALIZE, ignored")
+
+    def _await_finalize(self) -> None:
+        self.scheduler.wait_finished()
+        self._finish(0)
+
+    def _read_loop(self) -> None:
+        try:
+            while not self._done.is_set():
+                raw = self.stdin.readline()
+                if not raw:
+                    break
+                try:
+                    self.handle(raw.decode("utf-8", "surrogateescape"))
+                except Exception as exc:  # noqa: BLE001 - one bad line never stops the driver
+                    diag(f"Error handling {raw[:200]!r}: {exc!r}")
+        except (OSError, ValueError):
+            pass
+        if not self._done.is_set():
+            diag("stdin closed: oned is gone, stopping all actions")
+            self.scheduler.stop_all()
+            self._finish(EXIT_EOF)
+
+    def _finish(self, code: int) -> None:
+        if not self._done.is_set():
+            self.exit_code = code
+            self._done.set()
+
+    def terminate(self, code: int = EXIT_TERM) -> None:
+        if not self._done.is_set():
+            self.scheduler.stop_all()
+            self._finish(code)
+
+    def run(self) -> int:
+        reader = threading.Thread(target=self._read_loop, daemon=True, name="oned-reader")
+        reader.start()
+        self._done.wait()
+        return self.exit_code
+
+
+def run_driver(config: DriverConfig) -> int:
+    driver = Driver(config, sys.stdin.buffer, sys.stdout.buffer)
+
+    def on_term(signum: int, frame: object) -> None:
+        threading.Thread(target=driver.terminate, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    code = driver.run()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    return code

@@ -1,0 +1,234 @@
+"""Running a plan: ``VmmAction#execute_steps`` and ``#run``, and the single answer.
+
+Every accepted request ends here in exactly one answer (or, if cancelled, in
+silence): whatever goes wrong while building or running a plan becomes a
+FAILURE with a reason an operator can read. Rollback steps never raise.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Callable, Dict, Optional, Tuple
+
+from vmm_exec import rubyisms
+from vmm_exec.config import DriverConfig
+from vmm_exec import message as messages
+from vmm_exec.message import Message, MessageError
+from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Writer
+from vmm_exec.runners import StepError, run_direct, run_ds, run_tm, run_vmm, run_vnm
+from vmm_exec.steps import DRIVER_NAMES, DirectCall, Immediate, Plan, Step, Sym
+from vmm_exec.transports.base import Cancelled, Tracker
+from vmm_exec.transports.remote import ssh_argv, update_remotes
+from vmm_exec.transports.stream import SshStream, StreamCommand
+
+
+class ActionError(Exception):
+    """A request that cannot be carried out; the message is the FAILURE info."""
+
+
+# Message fields copied into the step data (``get_data`` in Ruby).
+DATA_FIELDS = {
+    "host": "HOST",
+    "deploy_id": "DEPLOY_ID",
+    "checkpoint_file": "CHECKPOINT_FILE",
+    "local_dfile": "LOCAL_DEPLOYMENT_FILE",
+    "remote_dfile": "REMOTE_DEPLOYMENT_FILE",
+    "dest_host": "MIGR_HOST",
+    "disk_target_path": "DISK_TARGET_PATH",
+    "tm_command": "TM_COMMAND",
+}
+
+
+def stream_opener(host: str, shell: str, forward: bool) -> list:
+    return ssh_argv(host, f"{shell} -s", forward=forward)
+
+
+class ActionContext:
+    """State of one running action: ``@data``, streams, network views, output gate."""
+
+    def __init__(self, config: DriverConfig, writer: Writer, msg_id: str, action: str,
+                 message: Message, tracker: Tracker, gate: Gate) -> None:
+        self.config = config
+        self.writer = writer
+        self.msg_id = msg_id
+        self.action = action
+        self.message = message
+        self.tracker = tracker
+        self.gate = gate
+        self.data: Dict[str, Optional[str]] = {}
+        for name, path in DATA_FIELDS.items():
+            if message.element(path) is not None:
+                self.data[name] = message.text(path)
+        self.data["vm"] = rubyisms.strict_encode64(
+            message.element_xml("VM").encode("utf-8", "surrogateescape"))
+        self._streams: Dict[bool, StreamCommand] = {}
+        self._vnm: Dict[bool, Tuple[list, str]] = {}
+        self.forward = action.upper() in config.delegate_actions
+
+    # -- data ---------------------------------------------------------------
+    @property
+    def default_timeout(self) -> Optional[float]:
+        """The -w timeout where Ruby applies none (network, tm, ds); default mode bounds all."""
+        return None if self.config.strict else self.config.timeout
+
+    def value(self, name: str) -> str:
+        """A symbol's value, ``nil.to_s`` (empty) when unknown."""
+        value = self.data.get(name)
+        return "" if value is None else value
+
+    def log(self, message: str, all_lines: bool = True) -> None:
+        self.writer.log(self.msg_id, message, all_lines, self.gate)
+
+    # -- resources ----------------------------------------------------------
+    def vnm_view(self, destination: bool) -> Tuple[list, str]:
+        if destination not in self._vnm:
+            self._vnm[destination] = self.message.vnm_view()
+        return self._vnm[destination]
+
+    def stream(self, destination: bool) -> StreamCommand:
+        """The action's persistent shell on the host (or the migration target)."""
+        if destination and not self.value("dest_host"):
+            raise StepError("this step runs on the migration target but MIGR_HOST is empty")
+        if destination not in self._streams:
+            host = self.value("dest_host" if destination else "host")
+            stream = SshStream(host, self.config.shell, stream_opener, self.tracker,
+                               forward=self.forward)
+
+            def refresh(h: str = host) -> None:
+                update_remotes(self.tracker, h, self.config.scripts_remote_dir,
+                               self.config.paths.remotes_for_update, self.log)
+
+            self._streams[destination] = StreamCommand(
+                stream, self.config.scripts_remote_dir, self.log, refresh,
+                reconnect=not self.config.strict)
+        return self._streams[destination]
+
+    def close(self) -> None:
+        for command in self._streams.values():
+            try:
+                command.close()
+            except Exception:  # noqa: BLE001 - closing must never fail an action
+                pass
+
+
+class StepRunner:
+    """``execute_steps``: run, store infos, roll back, stop unless ``no_fail``."""
+
+    def __init__(self, ctx: ActionContext) -> None:
+        self.ctx = ctx
+
+    def run_steps(self, steps: Tuple[Step, ...]) -> bool:
+        ok = False
+        for step in steps:
+            self.ctx.tracker.check()
+            ok, info = self.run_one(step)
+            self.ctx.data[step.info_key] = rubyisms.strip(info)
+            name = DRIVER_NAMES[step.driver]
+            if not ok:
+                if step.fail_actions:
+                    self.rollback(step.fail_actions)
+                self.ctx.data["failed_info"] = info
+                self.ctx.log(f"Failed to execute {name} operation: {step.action}.")
+                if not step.no_fail:
+                    break
+                ok = True
+            else:
+                self.ctx.log(f"Successfully execute {name} operation: {step.action}.")
+        return ok
+
+    def rollback(self, steps: Tuple[Step, ...]) -> None:
+        """Fail actions: never raise, so the failure being handled is still answered."""
+        try:
+            self.run_steps(steps)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.ctx.log(f"Rollback step failed: {exc}")
+
+    def run_one(self, step: Step) -> Tuple[bool, str]:
+        try:
+            if step.driver == "vmm":
+                return run_vmm(self.ctx, step)
+            if step.driver == "vnm":
+                return run_vnm(self.ctx, step)
+            words = [self.ctx.value(p.name) if isinstance(p, Sym) else p for p in step.parameters]
+            if step.driver == "tm":
+                return run_tm(self.ctx, words, step.stdin)
+            return run_ds(self.ctx, words, step.stdin)
+        except StepError as exc:
+            return False, str(exc)
+
+
+def answer(ctx_writer: Writer, gate: Gate, action: str, msg_id: str, ok: bool,
+           info: Optional[str]) -> None:
+    ctx_writer.send(action, RESULT_SUCCESS if ok else RESULT_FAILURE, msg_id, info, gate)
+
+
+def execute_plan(ctx: ActionContext, plan: Plan) -> Tuple[bool, str]:
+    """``VmmAction#run``: the steps, then the answer's info."""
+    try:
+        ok = StepRunner(ctx).run_steps(plan.steps)
+    finally:
+        ctx.close()
+    info = "" if plan.extra_info is None else plan.extra_info + " "
+    if not ok:
+        info += ctx.data.get("failed_info") or "-"
+    else:
+        main = ctx.data.get(f"{plan.main_action}_info")
+        if main is not None:
+            info += main
+    return ok, info
+
+
+Builder = Callable[["BuildRequest"], object]
+
+
+class BuildRequest:
+    """What an action builder gets: the decoded message and the driver's settings."""
+
+    def __init__(self, action: str, msg_id: str, message: Message, config: DriverConfig,
+                 payload: str) -> None:
+        self.action = action
+        self.msg_id = msg_id
+        self.message = message
+        self.config = config
+        self.payload = payload
+
+
+def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,
+            tracker: Tracker, gate: Gate) -> None:
+    """Carry out one request and send its single answer (none if cancelled)."""
+    from vmm_exec.actions import build
+
+    try:
+        try:
+            message = messages.decode(payload)
+        except MessageError as exc:
+            raise ActionError(f"Cannot perform {action}: {exc}") from exc
+        request = BuildRequest(action, msg_id, message, config, payload)
+        plan = build(request)
+        if isinstance(plan, Immediate):
+            answer(writer, gate, plan.action, msg_id, plan.result == RESULT_SUCCESS, plan.info)
+            return
+        ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate)
+        if isinstance(plan, DirectCall):
+            ok, info = run_direct(ctx, plan)
+        else:
+            ok, info = execute_plan(ctx, plan)
+        tracker.check()
+        answer(writer, gate, action, msg_id, ok, info)
+    except Cancelled:
+        return
+    except (ActionError, MessageError, StepError) as exc:
+        if not tracker.cancelled:
+            answer(writer, gate, action, msg_id, False, one_line(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - every request gets its answer
+        if not tracker.cancelled:
+            traceback.print_exc()
+            answer(writer, gate, action, msg_id, False,
+                   one_line(f"Internal error in the driver: {type(exc).__name__}: {exc}"))
+
+
+def one_line(text: str) -> str:
+    """Answers are single lines: a multi-line reason would break the protocol."""
+    return " ".join(text.split()) or "-"

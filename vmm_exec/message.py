@@ -1,0 +1,167 @@
+"""Typed access to the ``VMM_DRIVER_ACTION_DATA`` payload oned sends with an action.
+
+The Ruby driver decodes the payload with ``Base64.decode64`` and REXML
+(``VirtualMachineDriver#decode``) and then reads it with ``elements[path]``,
+``.text`` and ``.to_s``; scripts receive those re-serialised strings on stdin.
+This module reproduces each of those reads on top of :mod:`vmm_exec.xmlcompat`
+so that every string handed to a script is byte-identical, and turns the
+cases where the Ruby driver crashed into a :class:`MessageError` that says why.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import List, Optional, Tuple
+
+from vmm_exec import rubyisms, xmlcompat
+from vmm_exec.xmlcompat import Element, XmlError
+
+__all__ = ["Message", "MessageError", "decode", "VNM_XPATHS", "VNM_DEVICES"]
+
+# VmmAction::XPATH_LIST: parts of the VM the network drivers need, in order.
+VNM_XPATHS = (
+    "ID",
+    "DEPLOY_ID",
+    "TEMPLATE/CONTEXT",
+    "USER_TEMPLATE",
+    "TEMPLATE/SECURITY_GROUP_RULE",
+    "HISTORY_RECORDS/HISTORY/HOSTNAME",
+    "HISTORY_RECORDS/HISTORY/HID",
+    "HISTORY_RECORDS/HISTORY/DS_ID",
+    "HISTORY_RECORDS/HISTORY/VM_MAD",
+)
+# Device sections whose VN_MAD selects a network driver (get_vnm_drivers).
+VNM_DEVICES = ("NIC", "NIC_ALIAS", "PCI")
+
+_XML_DECL_ENCODING = re.compile(
+    rb"<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']", re.S
+)
+
+
+class MessageError(ValueError):
+    """The payload cannot be used; ``str()`` is a reason an operator understands."""
+
+
+def decode(payload_b64: str) -> Message:
+    """Decode an action payload like ``VirtualMachineDriver#decode``.
+
+    Base64 is decoded as leniently as Ruby does; where Ruby would have
+    crashed (garbage, not XML, no root element) a MessageError is raised.
+    """
+    raw = rubyisms.decode64(payload_b64)
+    text = _bytes_to_text(raw)
+    try:
+        doc = xmlcompat.parse(text)
+    except XmlError as exc:
+        raise MessageError(f"cannot decode the action payload: {exc}") from exc
+    if doc.root is None:  # pragma: no cover - parse() always yields a root
+        raise MessageError("the action payload has no root element")
+    return Message(doc.root)
+
+
+def _bytes_to_text(raw: bytes) -> str:
+    """Bytes to text the way REXML's Source reads them.
+
+    A UTF-16 byte-order mark selects UTF-16; an XML declaration naming an
+    encoding other than UTF-8/UTF-16 re-decodes the document from it;
+    otherwise UTF-8, with invalid bytes kept as surrogate escapes (they make
+    the well-formedness check fail with a clear message).
+    """
+    if raw.startswith((codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise MessageError(f"cannot decode the action payload: {exc}") from exc
+    body = raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw
+    m = _XML_DECL_ENCODING.match(body) if body.startswith(b"<?xml") else None
+    if m is not None:
+        name = m.group(1).decode("ascii", "replace")
+        if name.upper() not in ("UTF-8", "UTF-16"):
+            try:
+                return body.decode(codecs.lookup(name).name)
+            except (LookupError, UnicodeDecodeError) as exc:
+                raise MessageError(
+                    f"cannot decode the action payload: encoding {name!r}: {exc}"
+                ) from exc
+    return body.decode("utf-8", "surrogateescape")
+
+
+def _add_element_to_path(target: Element, element: Element, path: str) -> None:
+    """``add_element_to_path``: new wrappers for every step but the last, then move."""
+    for name in path.split("/")[:-1]:
+        target = target.add_element(name)
+    target.add_element(element)
+
+
+class Message:
+    """A decoded payload; paths use REXML's XPath semantics (see xmlcompat)."""
+
+    def __init__(self, root: Element) -> None:
+        self.root = root
+
+    def element(self, path: str) -> Optional[Element]:
+        """``xml_data.elements[path]``."""
+        try:
+            return self.root.find(path)
+        except XmlError as exc:
+            raise MessageError(str(exc)) from exc
+
+    def text(self, path: str) -> Optional[str]:
+        """``xml_data.elements[path].text``: None if the element or its text is missing."""
+        element = self.element(path)
+        if element is None:
+            return None
+        try:
+            return element.text
+        except XmlError as exc:
+            raise MessageError(f"cannot read {path}: {exc}") from exc
+
+    def xml(self) -> str:
+        """``xml_data.to_s``: the whole payload as REXML writes it."""
+        return self.root.to_s()
+
+    def element_xml(self, path: str) -> str:
+        """``xml_data.elements[path].to_s``; '' when missing (``nil.to_s``)."""
+        element = self.element(path)
+        return element.to_s() if element is not None else ""
+
+    def vnm_view(self) -> Tuple[List[str], str]:
+        """``get_vnm_drivers``: the network drivers in use and the VM document they get.
+
+        Works like the Ruby code on a fresh parse of ``VM.to_s``: every match
+        of VNM_XPATHS, then every NIC / NIC_ALIAS / PCI with a non-empty
+        VN_MAD, is moved into ``<VM>`` under newly created parents (one set
+        per match).  Drivers are listed in order of first appearance.
+        """
+        vm = self.element("VM")
+        if vm is None:
+            raise MessageError("the action payload has no VM element")
+        try:
+            source = _root(xmlcompat.parse(vm.to_s()))
+            view = _root(xmlcompat.parse("<VM></VM>"))
+            for xpath in VNM_XPATHS:
+                for element in source.find_all(xpath):
+                    _add_element_to_path(view, element, xpath)
+            drivers: List[str] = []
+            for device in VNM_DEVICES:
+                xpath = "TEMPLATE/" + device
+                for element in source.find_all(xpath):
+                    node = element.get_text("VN_MAD")
+                    vn_mad = node.to_s() if node is not None else ""
+                    if not vn_mad:
+                        continue
+                    if vn_mad not in drivers:
+                        drivers.append(vn_mad)
+                    _add_element_to_path(view, element, xpath)
+        except XmlError as exc:
+            raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
+        return drivers, view.to_s()
+
+
+def _root(doc: xmlcompat.Document) -> Element:
+    """The root of a document we just serialised ourselves."""
+    root = doc.root
+    if root is None:  # pragma: no cover - parse() always yields a root
+        raise XmlError("document has no root element")
+    return root

@@ -1,0 +1,170 @@
+"""When actions run: Ruby's ``ActionManager`` with ``VirtualMachineDriver``'s single-host mode.
+
+At most ``concurrency`` actions run at once. In single-host mode (the
+default) an action waits while another action for the same HOST runs, and
+the first queued action whose host is free goes next, so queued actions keep
+their order otherwise. Cancelling a queued action drops it; cancelling a
+running one kills its processes (the Ruby driver only killed its thread).
+The scheduler knows nothing about what an action does.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from vmm_exec.protocol import Gate
+from vmm_exec.transports.base import Tracker
+
+_UNSET = object()
+
+
+@dataclass
+class Job:
+    """One accepted request on its way through the scheduler."""
+
+    action: str
+    action_id: int
+    msg_id: str
+    payload: str
+    tracker: Tracker = field(default_factory=Tracker)
+    gate: Gate = field(default_factory=Gate)
+    host: object = _UNSET
+    thread: Optional[threading.Thread] = None
+
+
+class Scheduler:
+    """Queue, concurrency limit, one action per host, cancel and finalize."""
+
+    def __init__(self, concurrency: int, single_host: bool, execute: Callable[[Job], None],
+                 host_of: Callable[[Job], Optional[str]]) -> None:
+        self._concurrency = max(1, concurrency)
+        self._single_host = single_host
+        self._execute = execute
+        self._host_of = host_of
+        self._lock = threading.Condition()
+        self._queue: List[Job] = []
+        self._running: Dict[int, List[Job]] = {}
+        self._busy_hosts: Dict[str, int] = {}
+        self._num_running = 0
+        self.finalizing = False
+
+    # -- requests -----------------------------------------------------------
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False once FINALIZE was received (Ruby ignores it then)."""
+        with self._lock:
+            if self.finalizing:
+                return False
+            self._queue.append(job)
+            self._dispatch()
+            return True
+
+    def cancel(self, action_id: int) -> Optional[Job]:
+        """DRIVER_CANCEL: stop the running action(s) of that id, else drop the first queued one.
+
+        Killing happens in the background (it may wait a grace period for the
+        processes to end), so the request loop is never held up.
+        """
+        with self._lock:
+            running = list(self._running.get(action_id, []))
+            if not running:
+                for i, job in enumerate(self._queue):
+                    if job.action_id == action_id:
+                        del self._queue[i]
+                        job.gate.shut()
+                        self._lock.notify_all()
+                        return job
+                return None
+            for job in running:
+                job.gate.shut()
+        for job in running:
+            threading.Thread(target=job.tracker.cancel, daemon=True,
+                             name=f"cancel-{action_id}").start()
+        return running[0]
+
+    def finalize(self) -> None:
+        with self._lock:
+            self.finalizing = True
+            self._lock.notify_all()
+
+    def wait_finished(self, timeout: Optional[float] = None) -> bool:
+        """After FINALIZE: True once nothing is queued or running."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: self.finalizing and not self._queue and self._num_running == 0,
+                timeout)
+
+    def stop_all(self, grace: float = 1.0) -> None:
+        """oned is gone (stdin EOF) or the driver is told to stop: kill everything now."""
+        with self._lock:
+            self.finalizing = True
+            for job in self._queue:
+                job.gate.shut()
+            self._queue.clear()
+            jobs = [job for jobs in self._running.values() for job in jobs]
+            for job in jobs:
+                job.gate.shut()
+        for job in jobs:
+            job.tracker.GRACE = grace  # type: ignore[misc]
+        threads = [threading.Thread(target=job.tracker.cancel, daemon=True) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(grace + 2.0)
+
+    @property
+    def running_count(self) -> int:
+        with self._lock:
+            return self._num_running
+
+    # -- internals ----------------------------------------------------------
+    def _host(self, job: Job) -> Optional[str]:
+        if job.host is _UNSET:
+            try:
+                job.host = self._host_of(job)
+            except Exception:  # noqa: BLE001 - an unreadable payload runs unconstrained
+                job.host = None
+        return job.host  # type: ignore[return-value]
+
+    def _first_runnable(self) -> Optional[int]:
+        for index, job in enumerate(self._queue):
+            if not self._single_host:
+                return index
+            host = self._host(job)
+            if not host or host not in self._busy_hosts:
+                return index
+        return None
+
+    def _dispatch(self) -> None:
+        while self._num_running < self._concurrency:
+            index = self._first_runnable()
+            if index is None:
+                return
+            job = self._queue.pop(index)
+            self._num_running += 1
+            host = self._host(job) if self._single_host else None
+            if host:
+                self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
+            self._running.setdefault(job.action_id, []).append(job)
+            job.thread = threading.Thread(target=self._run, args=(job, host), daemon=True,
+                                          name=f"{job.action}-{job.msg_id}")
+            job.thread.start()
+
+    def _run(self, job: Job, host: Optional[str]) -> None:
+        try:
+            self._execute(job)
+        finally:
+            with self._lock:
+                self._num_running -= 1
+                if host:
+                    self._busy_hosts[host] -= 1
+                    if not self._busy_hosts[host]:
+                        del self._busy_hosts[host]
+                jobs = self._running.get(job.action_id, [])
+                if job in jobs:
+                    jobs.remove(job)
+                if not jobs:
+                    self._running.pop(job.action_id, None)
+                self._dispatch()
+                self._lock.notify_all()

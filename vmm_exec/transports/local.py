@@ -1,0 +1,127 @@
+"""Commands run on the front-end: Ruby's ``LocalCommand`` / ``GenericCommand#run``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from typing import IO, List, Optional, Sequence, Union
+
+from vmm_exec.transports.base import (
+    Cancelled,
+    Execution,
+    Logger,
+    Tracker,
+    decode,
+    encode,
+    kill_group,
+)
+
+TERM_GRACE = 5.0
+# After the command exits, how long to keep reading output that its leftover
+# children may still hold open (Ruby joins its reader threads for 0.1 s).
+DRAIN_GRACE = 0.5
+
+
+class _Reader(threading.Thread):
+    """Drains one pipe so that no amount of output can block the child."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.chunks: List[bytes] = []
+
+    def run(self) -> None:
+        fd = self.pipe.fileno()
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self.chunks.append(chunk)
+        except OSError:
+            pass
+        finally:
+            # the reader owns the pipe: closing it from another thread while a
+            # read is blocked would let the fd number be reused under it
+            try:
+                self.pipe.close()
+            except OSError:
+                pass
+
+    def text(self) -> str:
+        return decode(b"".join(self.chunks))
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the command does not read its input
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+
+def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[str],
+            timeout: Optional[float], env: Optional[dict] = None) -> Execution:
+    """Run a command in its own process group, feeding ``stdin``, collecting output.
+
+    A string command goes through ``/bin/sh -c`` (as Ruby's ``popen3`` with a
+    string). Output of any size is drained concurrently. The command is over
+    when its process exits; output still held open by children it left behind
+    is read for a short grace period only, so such a child cannot hang the
+    action. On timeout the whole group gets TERM (then KILL), as in Ruby.
+    """
+    shell_argv = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
+    text = argv if isinstance(argv, str) else " ".join(argv)
+    proc = tracker.spawn(shell_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
+    for reader in readers:
+        reader.start()
+    writer = threading.Thread(target=_feed, args=(proc.stdin, encode(stdin)), daemon=True)
+    writer.start()
+    timed_out = False
+    try:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(TERM_GRACE)
+            except subprocess.TimeoutExpired:
+                kill_group(proc, signal.SIGKILL)
+                proc.wait()
+        for reader in readers:
+            reader.join(DRAIN_GRACE)
+    finally:
+        tracker.release(proc)
+    if tracker.cancelled:
+        raise Cancelled()
+    code = proc.returncode if proc.returncode is not None and proc.returncode >= 0 else 255
+    return Execution(text, code, readers[0].text(), readers[1].text(), timed_out)
+
+
+def run_local(tracker: Tracker, command: str, log: Logger, stdin: Optional[str] = None,
+              timeout: Optional[float] = None) -> Execution:
+    """``LocalCommand.run``: logs the failure and its stderr, or the timeout."""
+    result = capture(tracker, command, stdin, timeout)
+    return report(result, command, log)
+
+
+def report(result: Execution, command: str, log: Logger) -> Execution:
+    """``GenericCommand#run``'s logging of a finished command."""
+    if result.timed_out:
+        message = f"Timeout executing {command}"
+        log(message, True)
+        return Execution(command, 255, "", message, True)
+    if result.code != 0:
+        log(f"Command execution failed (exit code: {result.code}): {command}", True)
+        log(result.stderr, True)
+    return result

@@ -1,0 +1,663 @@
+"""A small XML tree that reads and writes documents exactly like Ruby's REXML.
+
+The Ruby driver parses every action payload with REXML and hands scripts the
+re-serialised text (``element.to_s``).  REXML keeps text and attribute values
+in their original escaped form and writes them back unchanged, so scripts see
+``&#233;``, ``&quot;`` and CDATA sections exactly as oned sent them, but with
+REXML's own markup rules: empty elements as ``<X/>``, attributes single-quoted
+and sorted by name, ``\\r\\n`` in text turned into ``\\n``, no XML declaration.
+lxml cannot give back raw source text, so lxml only judges well-formedness and
+this module builds its own raw-preserving tree with a one-pass tokenizer.
+
+Behaviour is ported from REXML 3.2.5 (Ruby 3.1): ``Formatters::Default``,
+``Attribute#to_string``, ``Text`` / ``CData`` (raw values, ``\\r\\n?`` to
+``\\n``, entity expansion with the 10240-byte limit), ``Child#parent=`` (moving
+nodes) and the XPath subset the driver uses (``XPathParser`` child steps,
+``*``, ``[N]``, ``[CHILD]`` and ``[CHILD='literal']`` predicates).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator, List, Optional, Tuple, Union
+
+from lxml import etree
+
+from vmm_exec import rubyisms
+
+__all__ = [
+    "CDataNode",
+    "CommentNode",
+    "Document",
+    "Element",
+    "InstructionNode",
+    "Node",
+    "TextNode",
+    "XmlError",
+    "parse",
+]
+
+# REXML::Security.entity_expansion_text_limit: Text#value raises past this
+# many bytes of expanded references in one text node.
+ENTITY_EXPANSION_TEXT_LIMIT = 10240
+
+_PREDEFINED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+_REFERENCE = re.compile(r"&(?:#x([0-9a-fA-F]+)|#([0-9]+)|([^\s&;#<]+));")
+_NEWLINES = re.compile(r"\r\n?")
+
+
+class XmlError(ValueError):
+    """The text is not XML we can handle (malformed, or outside the supported subset)."""
+
+
+# --------------------------------------------------------------------------
+# nodes
+# --------------------------------------------------------------------------
+class Node:
+    """A node of the tree; only elements have children."""
+
+    __slots__ = ("parent",)
+
+    def __init__(self) -> None:
+        self.parent: Optional[Element] = None
+
+    def to_s(self) -> str:
+        """The node as REXML writes it."""
+        out: List[str] = []
+        _write(self, out)
+        return "".join(out)
+
+
+class TextNode(Node):
+    """REXML ``Text`` parsed with ``raw`` set: ``to_s`` is the source form."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: str) -> None:
+        super().__init__()
+        self.raw = _NEWLINES.sub("\n", raw)
+
+    @classmethod
+    def from_value(cls, value: str) -> TextNode:
+        """A text node for a plain string, escaped the way REXML writes new text."""
+        return cls(normalize(value))
+
+    def to_s(self) -> str:
+        """The escaped source form (``Text#to_s`` of a raw node)."""
+        return self.raw
+
+    @property
+    def value(self) -> str:
+        """Entities expanded (``Text#value``)."""
+        return unnormalize(self.raw)
+
+    def __repr__(self) -> str:
+        return f"TextNode({self.raw!r})"
+
+
+class CDataNode(TextNode):
+    """REXML ``CData``: its ``to_s`` and ``value`` are the content, unescaped."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_value(cls, value: str) -> CDataNode:
+        """A CDATA section holding ``value`` verbatim."""
+        return cls(value)
+
+    @property
+    def value(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"CDataNode({self.raw!r})"
+
+
+class CommentNode(Node):
+    """REXML ``Comment``: the content is kept verbatim."""
+
+    __slots__ = ("content",)
+
+    def __init__(self, content: str) -> None:
+        super().__init__()
+        self.content = content
+
+
+class InstructionNode(Node):
+    """REXML ``Instruction``; its content is stripped, ``None`` when absent."""
+
+    __slots__ = ("target", "content")
+
+    def __init__(self, target: str, content: Optional[str]) -> None:
+        super().__init__()
+        self.target = target
+        self.content = rubyisms.strip(content) if content is not None else None
+
+
+class Element(Node):
+    """An element; ``attributes`` hold raw (still escaped) values in source order."""
+
+    __slots__ = ("name", "attributes", "children", "_document")
+
+    def __init__(self, name: str, attributes: Optional[List[Tuple[str, str]]] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.attributes: List[Tuple[str, str]] = list(attributes or [])
+        self.children: List[Node] = []
+        self._document: Optional[Document] = None
+
+    def __repr__(self) -> str:
+        return f"<Element {self.name} ({len(self.children)} children)>"
+
+    @property
+    def prefix(self) -> str:
+        """Namespace prefix of the name, '' when there is none."""
+        head, sep, _ = self.name.partition(":")
+        return head if sep else ""
+
+    @property
+    def local_name(self) -> str:
+        """Name without its prefix (what REXML calls ``name``)."""
+        return self.name.rpartition(":")[2]
+
+    @property
+    def document(self) -> Optional[Document]:
+        """The document this element belongs to, if any."""
+        top = self
+        while top.parent is not None:
+            top = top.parent
+        return top._document
+
+    def elements(self) -> Iterator[Element]:
+        """Child elements in order."""
+        return (c for c in self.children if isinstance(c, Element))
+
+    def attribute(self, name: str) -> Optional[str]:
+        """Raw value of the attribute called ``name`` (qualified), or None."""
+        for key, value in self.attributes:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def text(self) -> Optional[str]:
+        """``Element#text``: the value of the first text or CDATA child, None if none."""
+        node = self.get_text()
+        return node.value if node is not None else None
+
+    def get_text(self, path: Optional[str] = None) -> Optional[TextNode]:
+        """``Element#get_text``: first text/CDATA child of self (or of ``find(path)``)."""
+        target: Optional[Element] = self if path is None else self.find(path)
+        if target is None:
+            return None
+        for child in target.children:
+            if isinstance(child, TextNode):
+                return child
+        return None
+
+    def set_text(self, value: Optional[str]) -> None:
+        """``Element#text=``: replace the first text child (append one if none).
+
+        REXML escapes new text with ``Text::normalize`` (``&``, ``<``, ``>``,
+        ``"`` and ``'`` become entities); None removes the first text child.
+        """
+        for index, child in enumerate(self.children):
+            if isinstance(child, TextNode):
+                if value is None:
+                    del self.children[index]
+                    child.parent = None
+                else:
+                    node = TextNode.from_value(value)
+                    node.parent = self
+                    self.children[index] = node
+                    child.parent = None
+                return
+        if value is not None:
+            node = TextNode.from_value(value)
+            node.parent = self
+            self.children.append(node)
+
+    def find(self, path: str) -> Optional[Element]:
+        """``elements[path]``: the first match in document order."""
+        found = _evaluate(_compile(path), self)
+        return found[0] if found else None
+
+    def find_all(self, path: str) -> List[Element]:
+        """``elements.each(path)``: every match in document order."""
+        return _evaluate(_compile(path), self)
+
+    def add_element(self, child: Union[str, Element]) -> Element:
+        """``Element#add_element``: a name creates an empty child, an Element is moved here.
+
+        Moving follows REXML's ``Child#parent=``: the element leaves its old
+        parent (or document) first -- except when that parent is already
+        ``self``, where REXML appends the same node a second time.
+        """
+        if isinstance(child, str):
+            new = Element(child)
+            new.parent = self
+            self.children.append(new)
+            return new
+        ancestor: Optional[Element] = self
+        while ancestor is not None:
+            if ancestor is child:
+                raise XmlError(f"cannot move <{child.name}> inside itself")
+            ancestor = ancestor.parent
+        if child.parent is not self:
+            child.detach()
+            child.parent = self
+        self.children.append(child)
+        return child
+
+    def detach(self) -> None:
+        """Remove this element from its parent or document (``Child#remove``)."""
+        if self.parent is not None:
+            self.parent.children = [c for c in self.parent.children if c is not self]
+            self.parent = None
+        elif self._document is not None:
+            doc = self._document
+            doc.children = [c for c in doc.children if c is not self]
+            self._document = None
+
+
+class Document:
+    """A parsed document: prolog/epilog nodes and the root element."""
+
+    __slots__ = ("children",)
+
+    def __init__(self) -> None:
+        self.children: List[Node] = []
+
+    @property
+    def root(self) -> Optional[Element]:
+        """The root element (``Document#root``)."""
+        for child in self.children:
+            if isinstance(child, Element):
+                return child
+        return None
+
+
+# --------------------------------------------------------------------------
+# entities
+# --------------------------------------------------------------------------
+def normalize(value: str) -> str:
+    """``Text::normalize`` without a DTD: how REXML escapes text it did not parse."""
+    value = _NEWLINES.sub("\n", value).replace("&", "&amp;")
+    for char, entity in ((">", "&gt;"), ("<", "&lt;"), ('"', "&quot;"), ("'", "&apos;")):
+        value = value.replace(char, entity)
+    return value
+
+
+def unnormalize(raw: str) -> str:
+    """``Text::unnormalize`` without a DTD: expand references, keep unknown ones.
+
+    Like REXML, raise once the expansions of one text exceed
+    ENTITY_EXPANSION_TEXT_LIMIT bytes.
+    """
+    if "&" not in raw:
+        return _NEWLINES.sub("\n", raw)
+    total = 0
+
+    def expand(m: re.Match[str]) -> str:
+        nonlocal total
+        try:
+            if m.group(1) is not None:
+                value = chr(int(m.group(1), 16))
+            elif m.group(2) is not None:
+                value = chr(int(m.group(2)))
+            else:
+                value = _PREDEFINED.get(m.group(3), m.group(0))
+        except (ValueError, OverflowError) as exc:
+            raise XmlError(f"bad character reference {m.group(0)!r}") from exc
+        total += len(value.encode("utf-8", "surrogatepass"))
+        if total > ENTITY_EXPANSION_TEXT_LIMIT:
+            raise XmlError("entity expansion has grown too large")
+        return value
+
+    return _REFERENCE.sub(expand, _NEWLINES.sub("\n", raw))
+
+
+# --------------------------------------------------------------------------
+# serialisation (REXML::Formatters::Default)
+# --------------------------------------------------------------------------
+def _attribute_key(attribute: Tuple[str, str]) -> str:
+    """REXML sorts attributes by their local name (``Attribute#name``)."""
+    return attribute[0].rpartition(":")[2]
+
+
+def _write(node: Node, out: List[str]) -> None:
+    """Append the REXML Default-formatter form of ``node`` to ``out``."""
+    if isinstance(node, Element):
+        out.append("<" + node.name)
+        for key, value in sorted(node.attributes, key=_attribute_key):
+            out.append(" " + key + "='" + value.replace("'", "&apos;") + "'")
+        if not node.children:
+            out.append("/>")
+            return
+        out.append(">")
+        for child in node.children:
+            _write(child, out)
+        out.append("</" + node.name + ">")
+    elif isinstance(node, CDataNode):
+        out.append("<![CDATA[" + node.raw + "]]>")
+    elif isinstance(node, TextNode):
+        out.append(node.raw)
+    elif isinstance(node, CommentNode):
+        out.append("<!--" + node.content + "-->")
+    elif isinstance(node, InstructionNode):
+        content = "" if node.content is None else " " + node.content
+        out.append("<?" + node.target + content + "?>")
+    else:  # pragma: no cover - every node class is handled above
+        raise XmlError(f"cannot serialise {node!r}")
+
+
+# --------------------------------------------------------------------------
+# parsing
+# --------------------------------------------------------------------------
+_START_TAG = re.compile(
+    r"<([^\s/>]+)((?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*)\s*(/?)>"
+)
+_ATTRIBUTE = re.compile(r"([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+_END_TAG = re.compile(r"</([^\s>]+)\s*>")
+_INSTRUCTION = re.compile(r"<\?([^\s?]+)(\s+.*?)?\?>", re.S)
+_DOCTYPE = re.compile(
+    r"<!DOCTYPE(?:\"[^\"]*\"|'[^']*'|[^\[>\"'])*"
+    r"(?:\[(?:<!--.*?-->|<\?.*?\?>|\"[^\"]*\"|'[^']*'|[^\]\"'])*\]\s*)?>",
+    re.S,
+)
+
+_local = threading.local()
+
+
+def _lxml_parser() -> etree.XMLParser:
+    """One parser per thread (lxml parsers are not shared across threads)."""
+    parser: Optional[etree.XMLParser] = getattr(_local, "parser", None)
+    if parser is None:
+        parser = etree.XMLParser(
+            encoding="utf-8",
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            huge_tree=False,
+        )
+        _local.parser = parser
+    return parser
+
+
+def _check_well_formed(text: str) -> None:
+    """Reject what lxml rejects, with lxml's reason in the message."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise XmlError(f"payload is not well-formed XML: {exc}") from exc
+    try:
+        etree.fromstring(data, _lxml_parser())
+    except etree.XMLSyntaxError as exc:
+        raise XmlError(f"payload is not well-formed XML: {exc}") from exc
+    except ValueError as exc:  # e.g. characters lxml refuses outright
+        raise XmlError(f"payload is not well-formed XML: {exc}") from exc
+
+
+def parse(text: str) -> Document:
+    """Parse ``text`` (already decoded) into a raw-preserving Document.
+
+    A leading byte-order mark is dropped, as REXML's Source does.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip(" \t\r\n"):
+        raise XmlError("payload is empty")
+    _check_well_formed(text)
+    return _Builder(text).build()
+
+
+class _Builder:
+    """Tokenizes well-formed text (lxml checked it) into the tree."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.doc = Document()
+        self.stack: List[Element] = []
+
+    def build(self) -> Document:
+        text = self.text
+        pos, end = 0, len(text)
+        while pos < end:
+            if text[pos] != "<":
+                stop = text.find("<", pos)
+                stop = end if stop < 0 else stop
+                self._add(TextNode(text[pos:stop]))
+                pos = stop
+            elif text.startswith("</", pos):
+                pos = self._end_tag(pos)
+            elif text.startswith("<!--", pos):
+                stop = self._find("-->", pos + 4)
+                self._add(CommentNode(text[pos + 4:stop]))
+                pos = stop + 3
+            elif text.startswith("<![CDATA[", pos):
+                stop = self._find("]]>", pos + 9)
+                self._add(CDataNode(text[pos + 9:stop]))
+                pos = stop + 3
+            elif text.startswith("<?", pos):
+                pos = self._instruction(pos)
+            elif text.startswith("<!DOCTYPE", pos):
+                pos = self._doctype(pos)
+            else:
+                pos = self._start_tag(pos)
+        if self.stack:
+            raise XmlError(f"tokenizer: <{self.stack[-1].name}> is not closed")
+        return self.doc
+
+    def _find(self, marker: str, start: int) -> int:
+        stop = self.text.find(marker, start)
+        if stop < 0:
+            raise XmlError(f"tokenizer: missing {marker!r}")
+        return stop
+
+    def _add(self, node: Node) -> None:
+        if self.stack:
+            node.parent = self.stack[-1]
+            self.stack[-1].children.append(node)
+        elif isinstance(node, Element):
+            node._document = self.doc
+            self.doc.children.append(node)
+        else:
+            self.doc.children.append(node)
+
+    def _start_tag(self, pos: int) -> int:
+        m = _START_TAG.match(self.text, pos)
+        if m is None:
+            raise XmlError(f"tokenizer: bad start tag at offset {pos}")
+        attributes = [
+            (a.group(1), a.group(2) if a.group(2) is not None else a.group(3))
+            for a in _ATTRIBUTE.finditer(m.group(2))
+        ]
+        element = Element(m.group(1), attributes)
+        self._add(element)
+        if not m.group(3):
+            self.stack.append(element)
+        return m.end()
+
+    def _end_tag(self, pos: int) -> int:
+        m = _END_TAG.match(self.text, pos)
+        if m is None or not self.stack or self.stack[-1].name != m.group(1):
+            raise XmlError(f"tokenizer: unexpected end tag at offset {pos}")
+        self.stack.pop()
+        return m.end()
+
+    def _instruction(self, pos: int) -> int:
+        m = _INSTRUCTION.match(self.text, pos)
+        if m is None:
+            raise XmlError(f"tokenizer: bad processing instruction at offset {pos}")
+        if m.group(1) != "xml":  # the XML declaration is not a node we write
+            self._add(InstructionNode(m.group(1), m.group(2)))
+        return m.end()
+
+    def _doctype(self, pos: int) -> int:
+        m = _DOCTYPE.match(self.text, pos)
+        if m is None:
+            raise XmlError(f"tokenizer: bad DOCTYPE at offset {pos}")
+        if "<!ENTITY" in m.group(0):
+            # REXML would expand such entities in Element#text; we refuse
+            # them rather than guess (and avoid entity-expansion attacks).
+            raise XmlError("DOCTYPE entity declarations are not supported")
+        return m.end()
+
+
+# --------------------------------------------------------------------------
+# XPath subset
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Predicate:
+    """``[N]`` (position), ``[CHILD]`` (exists) or ``[CHILD='literal']``."""
+
+    position: Optional[int] = None
+    child: Optional[str] = None
+    literal: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _Step:
+    name: str  # an element name, or "*"
+    predicates: Tuple[_Predicate, ...]
+
+
+@dataclass(frozen=True)
+class _Path:
+    absolute: bool
+    steps: Tuple[_Step, ...]
+
+
+_NAME = r"[^\W\d][\w.\-]*"
+_STEP_NAME = re.compile(r"\*|" + _NAME)
+_PREDICATE = re.compile(
+    r"\[\s*(?:(?P<pos>[0-9]+)|(?P<child>" + _NAME + r")"
+    r"(?:\s*=\s*(?:'(?P<sq>[^']*)'|\"(?P<dq>[^\"]*)\"))?)\s*\]"
+)
+_NUMERIC_LITERAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_NUMBER = re.compile(r"[ \t\n\v\f\r]*(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))[ \t\n\v\f\r]*")
+
+
+@lru_cache(maxsize=512)
+def _compile(path: str) -> _Path:
+    """Parse the supported XPath subset; anything else is an XmlError."""
+
+    def unsupported() -> XmlError:
+        return XmlError(f"unsupported XPath expression: {path!r}")
+
+    absolute = path.startswith("/")
+    pos = 1 if absolute else 0
+    steps: List[_Step] = []
+    while True:
+        m = _STEP_NAME.match(path, pos)
+        if m is None:
+            raise unsupported()
+        pos = m.end()
+        predicates: List[_Predicate] = []
+        while pos < len(path) and path[pos] == "[":
+            p = _PREDICATE.match(path, pos)
+            if p is None:
+                raise unsupported()
+            pos = p.end()
+            if p.group("pos") is not None:
+                predicates.append(_Predicate(position=int(p.group("pos"))))
+            else:
+                literal = p.group("sq") if p.group("sq") is not None else p.group("dq")
+                predicates.append(_Predicate(child=p.group("child"), literal=literal))
+        steps.append(_Step(m.group(0), tuple(predicates)))
+        if pos == len(path):
+            return _Path(absolute, tuple(steps))
+        if path[pos] != "/":
+            raise unsupported()
+        pos += 1
+
+
+def _namespace(element: Element, prefix: str) -> Optional[str]:
+    """``Element#namespace(prefix)``: the in-scope URI bound to ``prefix``."""
+    key = "xmlns" if prefix == "" else "xmlns:" + prefix
+    node: Optional[Element] = element
+    while node is not None:
+        value = node.attribute(key)
+        if value is not None:
+            return unnormalize(value)
+        node = node.parent
+    return "" if prefix == "" else None
+
+
+def _name_test(element: Element, name: str) -> bool:
+    """REXML's non-strict qname test for an unprefixed name (or ``*``)."""
+    if name == "*":
+        return True
+    if element.local_name != name:
+        return False
+    if ":" not in element.name:  # its namespace is the default one by definition
+        return True
+    return _namespace(element, element.prefix) == _namespace(element, "")
+
+
+def _string_value(element: Element) -> str:
+    """``Functions::string_value``: raw text (and CDATA) of all descendants."""
+    parts: List[str] = []
+    stack: List[Node] = [element]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Element):
+            stack.extend(reversed(node.children))
+        elif isinstance(node, TextNode):
+            parts.append(node.raw)
+    return "".join(parts)
+
+
+def _number(text: str) -> float:
+    """``Functions::number`` of a string."""
+    m = _NUMBER.fullmatch(rubyisms.strip(text))
+    return float(m.group(1)) if m else math.nan
+
+
+def _predicate_holds(element: Element, position: int, predicate: _Predicate) -> bool:
+    if predicate.position is not None:
+        return position == predicate.position
+    assert predicate.child is not None
+    matches = [c for c in element.elements() if _name_test(c, predicate.child)]
+    literal = predicate.literal
+    if literal is None:
+        return bool(matches)
+    if _NUMERIC_LITERAL.fullmatch(literal):
+        wanted = float(literal)
+        return any(_number(_string_value(c)) == wanted for c in matches)
+    return any(_string_value(c) == literal for c in matches)
+
+
+def _evaluate(path: _Path, context: Element) -> List[Element]:
+    """Evaluate a compiled path from ``context`` (absolute paths from its document)."""
+    nodes: List[Union[Element, Document]]
+    if path.absolute:
+        top = context
+        while top.parent is not None:
+            top = top.parent
+        nodes = [top._document if top._document is not None else top]
+    else:
+        nodes = [context]
+    for step in path.steps:
+        selected: List[Union[Element, Document]] = []
+        for node in nodes:
+            matches = [
+                c for c in node.children if isinstance(c, Element) and _name_test(c, step.name)
+            ]
+            for predicate in step.predicates:
+                matches = [
+                    c for i, c in enumerate(matches, 1) if _predicate_holds(c, i, predicate)
+                ]
+            selected.extend(matches)
+        nodes = selected
+    result: List[Element] = []
+    seen = set()
+    for node in nodes:
+        if isinstance(node, Element) and id(node) not in seen:
+            seen.add(id(node))
+            result.append(node)
+    return result
