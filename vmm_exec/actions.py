@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
 
-from vmm_exec import rubyisms
+from vmm_exec import rubyisms, xmlcompat
 from vmm_exec.engine import ActionError, BuildRequest
 from vmm_exec.protocol import RESULT_FAILURE
 from vmm_exec.quoting import bare, shellwords
@@ -193,24 +193,31 @@ def migrate(req: BuildRequest) -> ActionPlan:
     post = rubyisms.split_words("POST" + tm_command)
     failed = rubyisms.split_words("FAIL" + tm_command)
 
-    return plan(req, "migrate", [
+    same_host = req.message.text("HOST") == req.message.text("MIGR_HOST")
+    failmigrate = step("tm", "tm_failmigrate", *failed, stdin=vm, no_fail=True)
+
+    steps = [
         # Execute a pre-migrate TM setup
-        step("tm", "tm_premigrate", *pre, stdin=vm),
+        step("tm", "tm_premigrate", *pre, stdin=vm, fail_actions=[failmigrate]),
+    ]
+    if not same_host:
         # Execute pre-boot networking setup on migrating host
-        step("vnm", "pre", destination=True),
-        # Migrate the Virtual Machine
-        step("vmm", "migrate", DEPLOY_ID, DEST_HOST, HOST, fail_actions=[
-            step("tm", "tm_failmigrate", *failed, stdin=vm, no_fail=True),
-        ]),
-        # Execute networking clean up operations
-        # NOTE: VM is now in the new host. If we fail from now on, oned will
-        # assume that the VM is in the previous host but it is in fact
-        # migrated. Log errors will be shown in vm.log
-        step("vnm", "clean", HOST, no_fail=True),
-        # Execute post-boot networking setup on migrating host
-        step("vnm", "post", DEPLOY_ID, HOST, destination=True, no_fail=True),
-        step("tm", "tm_postmigrate", *post, stdin=vm, no_fail=True),
-    ])
+        steps.append(step("vnm", "pre", destination=True))
+    # Migrate the Virtual Machine
+    steps.append(step("vmm", "migrate", DEPLOY_ID, DEST_HOST, HOST,
+                      fail_actions=[failmigrate]))
+    if not same_host:
+        steps += [
+            # Execute networking clean up operations
+            # NOTE: VM is now in the new host. If we fail from now on, oned will
+            # assume that the VM is in the previous host but it is in fact
+            # migrated. Log errors will be shown in vm.log
+            step("vnm", "clean", HOST, no_fail=True),
+            # Execute post-boot networking setup on migrating host
+            step("vnm", "post", DEPLOY_ID, HOST, destination=True, no_fail=True),
+        ]
+    steps.append(step("tm", "tm_postmigrate", *post, stdin=vm, no_fail=True))
+    return plan(req, "migrate", steps)
 
 
 # ---------------------------------------------------------------------------
@@ -406,7 +413,9 @@ def attach_nic(req: BuildRequest) -> ActionPlan:
     target_device = text(req, "VM/TEMPLATE/CONTEXT/TARGET")
     base, nic_alias = _nic_template(req)
     values = {}
-    for name in ("BRIDGE", "MAC", "TARGET", "VN_MAD"):
+    # a NIC alias has no device of its own: no TARGET (the recorded driver accepts that)
+    required = ("BRIDGE", "MAC", "VN_MAD") if nic_alias else ("BRIDGE", "MAC", "TARGET", "VN_MAD")
+    for name in required:
         value = text(req, f"{base}/{name}")
         if value is None:
             raise Precondition("Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
@@ -514,15 +523,27 @@ def backup(req: BuildRequest) -> ActionPlan:
     vm_xml = req.message.element_xml("/VMM_DRIVER_ACTION_DATA/VM")
     ds_xml = req.message.element_xml("DATASTORE")
     ds_stdin = f"<DS_DRIVER_ACTION_DATA>\n  {ds_xml}\n  {vm_xml}\n</DS_DRIVER_ACTION_DATA>\n"
+    # after a failure, postbackup learns it from a BACKUP_RESULT element appended to the VM
+    failed_vm_xml = _with_child(vm_xml, "BACKUP_RESULT", "FAILURE")
 
     # Cleanup backup and tmp files
     cleanup_steps = [step("tm", post_name, *post_tm, stdin=vm_xml)]
+    fail_cleanup_steps = [step("tm", post_name, *post_tm, stdin=failed_vm_xml)]
     return plan(req, "backup", [
         # Generate backup files for VM disks
-        step("tm", pre_name, *pre_tm, stdin=vm_xml, fail_actions=cleanup_steps),
+        step("tm", pre_name, *pre_tm, stdin=vm_xml, fail_actions=fail_cleanup_steps),
         # Upload backup files to repo
-        step("ds", "backup", *ds_command, stdin=ds_stdin, fail_actions=cleanup_steps),
+        step("ds", "backup", *ds_command, stdin=ds_stdin, fail_actions=fail_cleanup_steps),
     ] + cleanup_steps)
+
+
+def _with_child(element_xml: str, name: str, value: str) -> str:
+    """``element.add_element(name).text = value`` on a copy, serialised the REXML way."""
+    root = xmlcompat.parse(element_xml).root
+    child = root.add_element(name)
+    child.children.append(xmlcompat.TextNode.from_value(value))
+    child.children[-1].parent = child
+    return root.to_s()
 
 
 def backup_cancel(req: BuildRequest) -> ActionPlan:

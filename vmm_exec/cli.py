@@ -176,7 +176,7 @@ def build_config(args: Arguments, environ: Dict[str, str]) -> DriverConfig:
         if name in ("retries", "threads", "timeout"):
             values[name] = rubyisms.to_i(value)
         elif name in ("local", "delegate"):
-            values[name] = rubyisms.parse_actions_list(value)
+            values[f"{name}_actions"] = rubyisms.parse_actions_list(value)
         elif name == "shell":
             values["shell"] = value
         elif name == "parallel":

@@ -100,6 +100,11 @@ class Message:
     def __init__(self, root: Element) -> None:
         self.root = root
 
+    @classmethod
+    def decode(cls, payload_b64: str) -> Message:
+        """Same as the module-level :func:`decode`."""
+        return decode(payload_b64)
+
     def element(self, path: str) -> Optional[Element]:
         """``xml_data.elements[path]``."""
         try:
