@@ -390,7 +390,7 @@ def cleanup(req: BuildRequest) -> ActionPlan:
 # ---------------------------------------------------------------------------
 # ATTACHNIC, DETACHNIC, UPDATECONF, UPDATESG, UPDATENIC
 # ---------------------------------------------------------------------------
-def _nic_template(req: BuildRequest) -> "tuple[str, bool]":
+def _nic_template(req: BuildRequest) -> tuple[str, bool]:
     for kind in ("NIC", "PCI"):
         path = f"VM/TEMPLATE/{kind}[ATTACH='YES']"
         if req.message.element(path) is not None:
@@ -540,6 +540,8 @@ def backup(req: BuildRequest) -> ActionPlan:
 def _with_child(element_xml: str, name: str, value: str) -> str:
     """``element.add_element(name).text = value`` on a copy, serialised the REXML way."""
     root = xmlcompat.parse(element_xml).root
+    if root is None:
+        raise ActionError(f"cannot add {name}: no element")
     child = root.add_element(name)
     child.children.append(xmlcompat.TextNode.from_value(value))
     child.children[-1].parent = child

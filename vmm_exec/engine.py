@@ -10,9 +10,9 @@ from __future__ import annotations
 import traceback
 from typing import Callable, Dict, Optional, Tuple
 
+from vmm_exec import message as messages
 from vmm_exec import rubyisms
 from vmm_exec.config import DriverConfig
-from vmm_exec import message as messages
 from vmm_exec.message import Message, MessageError
 from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Writer
 from vmm_exec.runners import StepError, run_direct, run_ds, run_tm, run_vmm, run_vnm
@@ -63,7 +63,8 @@ class ActionContext:
             message.element_xml("VM").encode("utf-8", "surrogateescape"))
         self._streams: Dict[bool, StreamCommand] = {}
         self._vnm: Dict[bool, Tuple[list, str]] = {}
-        self.forward = action.upper() in config.delegate_actions
+        # -d names the Ruby method (attach_disk), not the protocol word (ATTACHDISK)
+        self.forward = False
 
     # -- data ---------------------------------------------------------------
     @property
@@ -211,6 +212,8 @@ def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer
             answer(writer, gate, plan.action, msg_id, plan.result == RESULT_SUCCESS, plan.info)
             return
         ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate)
+        if isinstance(plan, Plan):
+            ctx.forward = plan.main_action.upper() in config.delegate_actions
         if isinstance(plan, DirectCall):
             ok, info = run_direct(ctx, plan)
         else:

@@ -106,15 +106,15 @@ class Writer:
         self.closed = False
 
     def send(self, action: str, result: str, msg_id: object = "-", info: Optional[str] = "-",
-             gate: Optional["Gate"] = None) -> None:
+             gate: Optional[Gate] = None) -> None:
         self._write(format_message(action, result, msg_id, info), gate)
 
     def log_line(self, severity: str, msg_id: object, text: str,
-                 gate: Optional["Gate"] = None) -> None:
+                 gate: Optional[Gate] = None) -> None:
         self._write(format_message("LOG", severity, msg_id, text), gate)
 
     def log(self, msg_id: object, message: str, all_lines: bool = True,
-            gate: Optional["Gate"] = None) -> None:
+            gate: Optional[Gate] = None) -> None:
         """``DriverExecHelper#log``: one LOG line per line of ``message``.
 
         ``ERROR:``/``INFO:``/``DEBUG:`` prefixes set the severity (and are
@@ -130,7 +130,7 @@ class Writer:
             if severity:
                 self.log_line(severity, msg_id, rubyisms.strip(raw), gate)
 
-    def _write(self, text: str, gate: Optional["Gate"]) -> None:
+    def _write(self, text: str, gate: Optional[Gate]) -> None:
         data = text.encode("utf-8", "surrogateescape")
         with self._lock:
             if self.closed or (gate is not None and not gate.open):

@@ -98,7 +98,7 @@ def decode64(data: str) -> bytes:
     n = len(chars)
     i = 0
 
-    def next_value(stop_at_pad: bool) -> "tuple[int, int, bool]":
+    def next_value(stop_at_pad: bool) -> tuple[int, int, bool]:
         """Return (value or -1, new index, hit_padding)."""
         j = i
         while j < n:
@@ -149,7 +149,10 @@ def strict_encode64(data: bytes) -> str:
 
 
 def parse_actions_list(text: str) -> Dict[str, Optional[str]]:
-    """``OpenNebulaDriver.parse_actions_list``: ``"deploy,poll=poll_local"`` → ``{"DEPLOY": None, "POLL": "poll_local"}``."""
+    """``OpenNebulaDriver.parse_actions_list``.
+
+    ``"deploy,poll=poll_local"`` → ``{"DEPLOY": None, "POLL": "poll_local"}``.
+    """
     actions: Dict[str, Optional[str]] = {}
     for item in re.split(r"[ \t\n\v\f\r]*,[ \t\n\v\f\r]*", text):
         item = strip(item)

@@ -29,7 +29,7 @@ class StepError(Exception):
     """A step that cannot even be started (bad parameters): fails the action with this reason."""
 
 
-def info_from_execution(ctx: "ActionContext", result: Execution) -> Outcome:
+def info_from_execution(ctx: ActionContext, result: Execution) -> Outcome:
     """``get_info_from_execution``: stderr ``LEVEL: [id] text`` lines go to oned as LOG
     lines (under the id they name); on failure the other stderr lines are the info."""
     logs, err_info = split_stderr(result.stderr)
@@ -39,7 +39,7 @@ def info_from_execution(ctx: "ActionContext", result: Execution) -> Outcome:
     return result.code == 0, info if info else "-"
 
 
-def render_parameters(ctx: "ActionContext", params: Sequence[object]) -> str:
+def render_parameters(ctx: ActionContext, params: Sequence[object]) -> str:
     """``get_parameters``: each value in single quotes (safely), blank separated."""
     words = []
     for param in params:
@@ -48,7 +48,7 @@ def render_parameters(ctx: "ActionContext", params: Sequence[object]) -> str:
     return " ".join(words)
 
 
-def action_command_line(ctx: "ActionContext", action: str, parameters: str,
+def action_command_line(ctx: ActionContext, action: str, parameters: str,
                         default_name: Optional[str], directory: str, local: bool) -> str:
     """``action_command_line``: an absolute command is used as is, else the script path."""
     if action.startswith("/"):
@@ -59,7 +59,7 @@ def action_command_line(ctx: "ActionContext", action: str, parameters: str,
 
 
 # -- vmm -------------------------------------------------------------------
-def run_vmm(ctx: "ActionContext", step: "Step") -> Outcome:  # type: ignore[name-defined]  # noqa: F821
+def run_vmm(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-defined]  # noqa: F821
     host = ctx.value("dest_host") if step.destination else ctx.value("host")
     params = render_parameters(ctx, step.parameters)
     if not step.no_extra_params:
@@ -80,7 +80,7 @@ def run_vmm(ctx: "ActionContext", step: "Step") -> Outcome:  # type: ignore[name
 
 
 # -- vnm -------------------------------------------------------------------
-def run_vnm(ctx: "ActionContext", step: "Step") -> Outcome:  # type: ignore[name-defined]  # noqa: F821
+def run_vnm(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-defined]  # noqa: F821
     drivers, vm_xml = ctx.vnm_view(step.destination)
     params = " " + render_parameters(ctx, step.parameters)
     skip = step.skip if not ctx.config.strict else ()
@@ -115,7 +115,7 @@ def _driver_dirs(path: str) -> List[str]:
         return []
 
 
-def run_tm(ctx: "ActionContext", words: Sequence[str], stdin: Optional[str]) -> Outcome:
+def run_tm(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Outcome:
     """``do_transfer_action``: ``tm/<TM_MAD>/<cmd>`` on the front-end, args shell-escaped."""
     if not words:
         raise StepError("empty transfer manager command")
@@ -139,7 +139,7 @@ def run_tm(ctx: "ActionContext", words: Sequence[str], stdin: Optional[str]) -> 
     return info_from_execution(ctx, result)
 
 
-def run_ds(ctx: "ActionContext", words: Sequence[str], stdin: Optional[str]) -> Outcome:
+def run_ds(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Outcome:
     """``do_datastore_action``: ``datastore/<DS_MAD>/<cmd>`` on the front-end."""
     if not words:
         raise StepError("empty datastore command")
@@ -155,7 +155,7 @@ def run_ds(ctx: "ActionContext", words: Sequence[str], stdin: Optional[str]) -> 
 
 
 # -- one-shot answered actions ----------------------------------------------
-def run_direct(ctx: "ActionContext", call: DirectCall) -> Outcome:
+def run_direct(ctx: ActionContext, call: DirectCall) -> Outcome:
     """``do_action`` with ``:respond``: one-shot remote (or -l local) script call."""
     params = call.raw_parameters if call.raw_parameters is not None else " ".join(
         bare(p) for p in call.parameters)

@@ -106,7 +106,7 @@ class Scheduler:
             for job in jobs:
                 job.gate.shut()
         for job in jobs:
-            job.tracker.GRACE = grace  # type: ignore[misc]
+            job.tracker.GRACE = grace
         threads = [threading.Thread(target=job.tracker.cancel, daemon=True) for job in jobs]
         for t in threads:
             t.start()

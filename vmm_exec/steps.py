@@ -63,7 +63,7 @@ class Step:
     parameters: Tuple[Param, ...] = ()
     stdin: Optional[str] = None
     destination: bool = False
-    fail_actions: Tuple["Step", ...] = ()
+    fail_actions: Tuple[Step, ...] = ()
     no_fail: bool = False
     script_name: Optional[str] = None
     no_extra_params: bool = False
@@ -86,7 +86,7 @@ class Step:
         """``driver:action``, how hooks name a step."""
         return f"{self.driver}:{self.action}"
 
-    def with_fail_actions(self, *extra: "Step") -> "Step":
+    def with_fail_actions(self, *extra: Step) -> Step:
         return replace(self, fail_actions=self.fail_actions + tuple(extra))
 
 
