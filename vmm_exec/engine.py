@@ -15,6 +15,7 @@ from vmm_exec import rubyisms
 from vmm_exec.config import DriverConfig
 from vmm_exec.message import Message, MessageError
 from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Writer
+from vmm_exec.rollback import harden, never_stop
 from vmm_exec.runners import StepError, run_direct, run_ds, run_tm, run_vmm, run_vnm
 from vmm_exec.steps import DRIVER_NAMES, DirectCall, Immediate, Plan, Step, Sym
 from vmm_exec.transports.base import Cancelled, Tracker
@@ -138,7 +139,12 @@ class StepRunner:
         return ok
 
     def rollback(self, steps: Tuple[Step, ...]) -> None:
-        """Fail actions: never raise, so the failure being handled is still answered."""
+        """Fail actions: never raise, so the failure being handled is still answered.
+
+        In default mode a failing rollback step does not stop the rollback.
+        """
+        if not self.ctx.config.strict:
+            steps = never_stop(steps)
         try:
             self.run_steps(steps)
         except Cancelled:
@@ -212,6 +218,8 @@ def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer
             answer(writer, gate, plan.action, msg_id, plan.result == RESULT_SUCCESS, plan.info)
             return
         ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate)
+        if isinstance(plan, Plan) and not config.strict:
+            plan = harden(plan)
         if isinstance(plan, Plan):
             ctx.forward = plan.main_action.upper() in config.delegate_actions
         if isinstance(plan, DirectCall):
