@@ -26,7 +26,7 @@ from compat.world import encode_input_line
 QUIET_RECORD = 2.0  # seconds of silence meaning "all answered" (recording)
 QUIET_CHECK = 1.0  # same, once the expected number of answers arrived
 INIT_WAIT = 10.0  # for the answer to INIT
-EOF_GRACE = 30.0  # between closing stdin and killing the driver
+EOF_GRACE = 5.0  # between closing stdin and killing the driver
 ORPHAN_WAIT = 15.0  # for work the driver left behind
 SEND_MIN_WAIT = 2.0  # a write may block at least this long, even late
 POLL = 0.1

@@ -409,10 +409,8 @@ def _candidates(entry: dict, roots: List[Element]) -> List[Tuple[str, str]]:
         elif kind == "datastore":
             ds = r.find("DATASTORE")
             ds_s = ds.to_s() if ds is not None else ""
-            out += [
-                ("text", f"<DS_DRIVER_ACTION_DATA>\n  {ds_s}\n  {vm_s}\n</DS_DRIVER_ACTION_DATA>\n"),
-                ("text", vm_s),
-            ]
+            heredoc = f"<DS_DRIVER_ACTION_DATA>\n  {ds_s}\n  {vm_s}\n</DS_DRIVER_ACTION_DATA>\n"
+            out += [("text", heredoc), ("text", vm_s)]
     return out
 
 

@@ -79,7 +79,7 @@ class TextNode(Node):
 
     def __init__(self, raw: str) -> None:
         super().__init__()
-        self.raw = _NEWLINES.sub("\n", raw)
+        self.raw = _NEWLINES.sub("\n", raw) if "\r" in raw else raw
 
     @classmethod
     def from_value(cls, value: str) -> TextNode:
@@ -358,17 +358,23 @@ def _write(node: Node, out: List[str]) -> None:
 # --------------------------------------------------------------------------
 # parsing
 # --------------------------------------------------------------------------
-_START_TAG = re.compile(
-    r"<([^\s/>]+)((?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*)\s*(/?)>"
+# One token per match, told apart by the last group that took part:
+#   1 text | 4 start tag (2 name, 3 attributes, 4 "/" or "") | 5 end tag
+#   6 CDATA | 7 comment | 8/9 processing instruction (target, content) | 10 DOCTYPE
+_TOKEN = re.compile(
+    r"""
+      ([^<]+)
+    | <([^\s/>!?]+)((?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*)\s*(/?)>
+    | </([^\s>]+)\s*>
+    | <!\[CDATA\[(.*?)\]\]>
+    | <!--(.*?)-->
+    | <\?([^\s?]+)(\s+.*?)?\?>
+    | (<!DOCTYPE(?:"[^"]*"|'[^']*'|[^\[>"'])*
+         (?:\[(?:<!--.*?-->|<\?.*?\?>|"[^"]*"|'[^']*'|[^\]"'])*\]\s*)?>)
+    """,
+    re.S | re.X,
 )
 _ATTRIBUTE = re.compile(r"([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
-_END_TAG = re.compile(r"</([^\s>]+)\s*>")
-_INSTRUCTION = re.compile(r"<\?([^\s?]+)(\s+.*?)?\?>", re.S)
-_DOCTYPE = re.compile(
-    r"<!DOCTYPE(?:\"[^\"]*\"|'[^']*'|[^\[>\"'])*"
-    r"(?:\[(?:<!--.*?-->|<\?.*?\?>|\"[^\"]*\"|'[^']*'|[^\]\"'])*\]\s*)?>",
-    re.S,
-)
 
 _local = threading.local()
 
@@ -412,100 +418,70 @@ def parse(text: str) -> Document:
     if not text.strip(" \t\r\n"):
         raise XmlError("payload is empty")
     _check_well_formed(text)
-    return _Builder(text).build()
+    return _build(text)
 
 
-class _Builder:
-    """Tokenizes well-formed text (lxml checked it) into the tree."""
+def _attributes(source: str) -> List[Tuple[str, str]]:
+    """Name and raw value of each attribute in a start tag."""
+    return [
+        (m.group(1), m.group(2) if m.group(2) is not None else m.group(3))
+        for m in _ATTRIBUTE.finditer(source)
+    ]
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.doc = Document()
-        self.stack: List[Element] = []
 
-    def build(self) -> Document:
-        text = self.text
-        pos, end = 0, len(text)
-        while pos < end:
-            if text[pos] != "<":
-                stop = text.find("<", pos)
-                stop = end if stop < 0 else stop
-                self._add(TextNode(text[pos:stop]))
-                pos = stop
-            elif text.startswith("</", pos):
-                pos = self._end_tag(pos)
-            elif text.startswith("<!--", pos):
-                stop = self._find("-->", pos + 4)
-                self._add(CommentNode(text[pos + 4:stop]))
-                pos = stop + 3
-            elif text.startswith("<![CDATA[", pos):
-                stop = self._find("]]>", pos + 9)
-                self._add(CDataNode(text[pos + 9:stop]))
-                pos = stop + 3
-            elif text.startswith("<?", pos):
-                pos = self._instruction(pos)
-            elif text.startswith("<!DOCTYPE", pos):
-                pos = self._doctype(pos)
-            else:
-                pos = self._start_tag(pos)
-        if self.stack:
-            raise XmlError(f"tokenizer: <{self.stack[-1].name}> is not closed")
-        return self.doc
-
-    def _find(self, marker: str, start: int) -> int:
-        stop = self.text.find(marker, start)
-        if stop < 0:
-            raise XmlError(f"tokenizer: missing {marker!r}")
-        return stop
-
-    def _add(self, node: Node) -> None:
-        if self.stack:
-            node.parent = self.stack[-1]
-            self.stack[-1].children.append(node)
-        elif isinstance(node, Element):
-            node._document = self.doc
-            self.doc.children.append(node)
+def _build(text: str) -> Document:
+    """Tokenize well-formed text (lxml checked it) into the tree, in one pass."""
+    doc = Document()
+    stack: List[Element] = []
+    current: Optional[Element] = None
+    siblings = doc.children
+    pos, end = 0, len(text)
+    match = _TOKEN.match
+    while pos < end:
+        m = match(text, pos)
+        if m is None:
+            raise XmlError(f"tokenizer: unexpected markup at offset {pos}")
+        kind = m.lastindex
+        pos = m.end()
+        node: Node
+        if kind == 1:
+            node = TextNode(m.group(1))
+        elif kind == 4:
+            element = Element(m.group(2), _attributes(m.group(3)) if m.group(3) else None)
+            element.parent = current
+            if current is None:
+                element._document = doc
+            siblings.append(element)
+            if not m.group(4):
+                stack.append(element)
+                current, siblings = element, element.children
+            continue
+        elif kind == 5:
+            if current is None or current.name != m.group(5):
+                raise XmlError(f"tokenizer: unexpected end tag at offset {m.start()}")
+            stack.pop()
+            current = stack[-1] if stack else None
+            siblings = current.children if current is not None else doc.children
+            continue
+        elif kind == 6:
+            node = CDataNode(m.group(6))
+        elif kind == 7:
+            node = CommentNode(m.group(7))
+        elif kind in (8, 9):
+            if m.group(8) == "xml":  # the XML declaration is not a node REXML writes
+                continue
+            node = InstructionNode(m.group(8), m.group(9))
         else:
-            self.doc.children.append(node)
-
-    def _start_tag(self, pos: int) -> int:
-        m = _START_TAG.match(self.text, pos)
-        if m is None:
-            raise XmlError(f"tokenizer: bad start tag at offset {pos}")
-        attributes = [
-            (a.group(1), a.group(2) if a.group(2) is not None else a.group(3))
-            for a in _ATTRIBUTE.finditer(m.group(2))
-        ]
-        element = Element(m.group(1), attributes)
-        self._add(element)
-        if not m.group(3):
-            self.stack.append(element)
-        return m.end()
-
-    def _end_tag(self, pos: int) -> int:
-        m = _END_TAG.match(self.text, pos)
-        if m is None or not self.stack or self.stack[-1].name != m.group(1):
-            raise XmlError(f"tokenizer: unexpected end tag at offset {pos}")
-        self.stack.pop()
-        return m.end()
-
-    def _instruction(self, pos: int) -> int:
-        m = _INSTRUCTION.match(self.text, pos)
-        if m is None:
-            raise XmlError(f"tokenizer: bad processing instruction at offset {pos}")
-        if m.group(1) != "xml":  # the XML declaration is not a node we write
-            self._add(InstructionNode(m.group(1), m.group(2)))
-        return m.end()
-
-    def _doctype(self, pos: int) -> int:
-        m = _DOCTYPE.match(self.text, pos)
-        if m is None:
-            raise XmlError(f"tokenizer: bad DOCTYPE at offset {pos}")
-        if "<!ENTITY" in m.group(0):
-            # REXML would expand such entities in Element#text; we refuse
-            # them rather than guess (and avoid entity-expansion attacks).
-            raise XmlError("DOCTYPE entity declarations are not supported")
-        return m.end()
+            if "<!ENTITY" in m.group(10):
+                # REXML would expand such entities in Element#text; we refuse
+                # them rather than guess (and avoid entity-expansion attacks).
+                raise XmlError("DOCTYPE entity declarations are not supported")
+            continue
+        node.parent = current
+        siblings.append(node)
+    if stack:
+        raise XmlError(f"tokenizer: <{stack[-1].name}> is not closed")
+    return doc
 
 
 # --------------------------------------------------------------------------

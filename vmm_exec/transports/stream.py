@@ -17,32 +17,23 @@ observed directly rather than parsed from text.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import selectors
-import signal
-import subprocess
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Set, Union
 
 from vmm_exec.quoting import heredoc_delimiter
-from vmm_exec.transports.base import (
-    Cancelled,
-    Execution,
-    Logger,
-    Tracker,
-    decode,
-    encode,
-    kill_group,
-)
+from vmm_exec.transports.base import Cancelled, Execution, Logger, Tracker, decode, encode
+from vmm_exec.transports.channel import OUT, Channel, ProcessChannel
 
 MAGIC_RC = 42
 CLOSE_GRACE = 2.0
 
-# Opens the connection: argv of the ssh client running SHELL -s on the host.
-Opener = Callable[[str, str, bool], List[str]]
+
+# Opens the connection for (host, shell, forward): the argv of a client process
+# running SHELL -s on the host (e.g. ssh), or a ready Channel (e.g. paramiko).
+Opener = Callable[[str, str, bool], Union[List[str], Channel]]
 
 
 class SshStream:
@@ -55,12 +46,12 @@ class SshStream:
         self.forward = forward
         self._opener = opener
         self._tracker = tracker
-        self._proc: Optional[subprocess.Popen] = None
+        self._channel: Optional[Channel] = None
         self._writer: Optional[threading.Thread] = None
         self._nonce = secrets.token_hex(6)
         self._eof_out = f"EOF_OUT_{self._nonce}\n".encode()
         self._eof_err = re.compile(rb"ExitCode: ([0-9]*) EOF_ERR_" + self._nonce.encode() + rb"\n")
-        self._open_fds: List[int] = []
+        self._ended: Set[str] = set()
         self.opened = False
         self.alive = False
         self.out = b""
@@ -69,13 +60,9 @@ class SshStream:
 
     # -- connection ---------------------------------------------------------
     def open(self) -> None:
-        argv = self._opener(self.host, self.shell, self.forward)
-        self._proc = self._tracker.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE)
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._open_fds = [self._proc.stdout.fileno(), self._proc.stderr.fileno()]
-        for fd in self._open_fds:
-            os.set_blocking(fd, False)
+        made = self._opener(self.host, self.shell, self.forward)
+        self._channel = ProcessChannel(self._tracker, made) if isinstance(made, list) else made
+        self._ended = set()
         self.opened = True
         self.alive = True
         self.out = b""
@@ -83,70 +70,42 @@ class SshStream:
 
     def reset(self) -> None:
         """Forget a dead connection so that the next command opens a new one."""
-        if self._proc is not None:
+        if self._channel is not None:
             self.kill()
         self.opened = False
         self.alive = False
 
     def close(self) -> None:
-        """Ask the remote shell to exit, then make sure the client is gone."""
-        proc = self._proc
-        if proc is None:
+        """Ask the remote shell to exit, then make sure the connection is gone."""
+        channel = self._channel
+        if channel is None:
             return
         if self.alive:
             self._join_writer(CLOSE_GRACE)
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(b"\nexit\n")
-                proc.stdin.flush()
-            except (OSError, ValueError):
-                pass
+            channel.send(b"\nexit\n")
         self.alive = False
-        self._finish(proc)
+        self._finish(channel)
 
     def kill(self) -> None:
         """Stop the connection and everything it runs (Ruby HUPs the group)."""
-        proc = self._proc
-        if proc is None:
+        channel = self._channel
+        if channel is None:
             return
         self.alive = False
-        kill_group(proc, signal.SIGHUP)
-        self._finish(proc)
+        channel.terminate()
+        self._finish(channel)
 
-    def _finish(self, proc: subprocess.Popen) -> None:
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                if pipe is not None:
-                    pipe.close()
-            except OSError:
-                pass
-        try:
-            proc.wait(CLOSE_GRACE)
-        except subprocess.TimeoutExpired:
-            kill_group(proc, signal.SIGKILL)
-            try:
-                proc.wait(CLOSE_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-        self._tracker.release(proc)
-        self._proc = None
+    def _finish(self, channel: Channel) -> None:
+        channel.release()
+        self._channel = None
 
     # -- commands -----------------------------------------------------------
     def _send(self, data: bytes) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+        channel = self._channel
+        if channel is None:
             return
         self._join_writer(None)
-
-        def write() -> None:
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(data)
-                proc.stdin.flush()
-            except (OSError, ValueError):
-                pass  # the connection is gone; the reader will see it
-
-        self._writer = threading.Thread(target=write, daemon=True)
+        self._writer = threading.Thread(target=channel.send, args=(data,), daemon=True)
         self._writer.start()
 
     def _join_writer(self, timeout: Optional[float]) -> None:
@@ -168,51 +127,39 @@ class SshStream:
         """Collect output until both end markers (or the connection's end, or timeout)."""
         if timeout is not None:
             self.timeout = timeout
-        proc = self._proc
+        channel = self._channel
         code = -1
         done_out = done_err = False
         start = time.monotonic()
-        with selectors.DefaultSelector() as selector:
-            for fd in self._open_fds:
-                selector.register(fd, selectors.EVENT_READ)
-            while not (done_out and done_err) and self.alive and proc is not None:
-                if self._tracker.cancelled:
-                    raise Cancelled()
-                events = selector.select(0.2)
-                for key, _ in events:
-                    fd = key.fd
-                    try:
-                        chunk = os.read(fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        chunk = b""
-                    if not chunk:
-                        selector.unregister(fd)
-                        self._open_fds.remove(fd)
-                        continue
-                    if proc.stdout is not None and fd == proc.stdout.fileno():
-                        self.out += chunk
-                        if not done_out and self._eof_out in self.out:
-                            self.out = self.out.replace(self._eof_out, b"", 1)
-                            done_out = True
-                    else:
-                        self.err += chunk
-                        if not done_err:
-                            found = self._take_exit_code()
-                            if found is not None:
-                                code, done_err = found, True
-                if not (done_out and done_err) and (
-                        not self._open_fds or (not events and proc.poll() is not None)):
-                    # the client is gone (its pipes may stay open in a
-                    # ControlMaster it forked, so its exit status decides)
-                    code = self._connection_lost(proc)
-                    break
-                if self.timeout is not None and time.monotonic() - start > self.timeout:
-                    self.err += b"\nTimeout Error"
-                    self._join_writer(0.1)
-                    self.kill()
-                    break
+        while not (done_out and done_err) and self.alive and channel is not None:
+            if self._tracker.cancelled:
+                raise Cancelled()
+            chunks = channel.receive(0.2)
+            for name, chunk in chunks:
+                if not chunk:
+                    self._ended.add(name)
+                elif name == OUT:
+                    self.out += chunk
+                    if not done_out and self._eof_out in self.out:
+                        self.out = self.out.replace(self._eof_out, b"", 1)
+                        done_out = True
+                else:
+                    self.err += chunk
+                    if not done_err:
+                        found = self._take_exit_code()
+                        if found is not None:
+                            code, done_err = found, True
+            if not (done_out and done_err) and (
+                    len(self._ended) == 2 or (not chunks and channel.exit_status() is not None)):
+                # the connection is gone (an ssh client's pipes may stay open
+                # in a ControlMaster it forked, so its exit status decides)
+                code = self._connection_lost(channel)
+                break
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                self.err += b"\nTimeout Error"
+                self._join_writer(0.1)
+                self.kill()
+                break
         self._join_writer(1.0 if self.alive else 0.1)
         return code
 
@@ -228,20 +175,19 @@ class SshStream:
         self.err = head + b"ExitCode: " + digits + self.err[m.end():]
         return int(digits) if digits else 0
 
-    def _connection_lost(self, proc: subprocess.Popen) -> int:
-        """The client exited: what Ruby reads as ``ExitSSHCode: N`` + ``Error connecting``."""
-        try:
-            rc = proc.wait(CLOSE_GRACE)
-        except subprocess.TimeoutExpired:
-            kill_group(proc, signal.SIGKILL)
-            rc = proc.wait()
-        if rc < 0:
+    def _connection_lost(self, channel: Channel) -> int:
+        """The connection ended: what Ruby reads as ``ExitSSHCode: N`` + ``Error connecting``."""
+        rc = channel.wait(CLOSE_GRACE)
+        if rc is None:
+            channel.terminate()
+            rc = channel.wait(CLOSE_GRACE)
+        if rc is None:
             rc = 255
         if self.err and not self.err.endswith(b"\n"):
             self.err += b"\n"
         self.err += f"ExitSSHCode: {rc}\nError connecting to {self.host}".encode()
         self.alive = False
-        self._finish(proc)
+        self._finish(channel)
         if self._tracker.cancelled:
             raise Cancelled()
         return rc

@@ -1,0 +1,139 @@
+"""A duplex byte channel to a remote shell: what the persistent stream runs on.
+
+The stream only needs to send bytes, receive stdout/stderr chunks, learn the
+exit status and stop everything. :class:`ProcessChannel` does that over a
+local process (the ``ssh`` binary, or a local shell in tests); the paramiko
+transport provides the same over an SSH channel.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+from typing import List, Optional, Sequence, Tuple
+
+from vmm_exec.transports.base import Tracker, kill_group
+
+try:  # Protocol is in typing from 3.8
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore[assignment]
+
+CLOSE_GRACE = 2.0
+OUT = "out"
+ERR = "err"
+
+
+class Channel(Protocol):
+    """What :class:`~vmm_exec.transports.stream.SshStream` needs from a connection."""
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data`` (blocking; called from a writer thread)."""
+
+    def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
+        """Chunks as ``(OUT|ERR, data)``; ``data == b""`` means that stream ended."""
+
+    def exit_status(self) -> Optional[int]:
+        """The remote shell's (or client's) exit status once it ended, else None."""
+
+    def wait(self, timeout: float) -> Optional[int]:
+        """Wait up to ``timeout`` seconds for the exit status."""
+
+    def close_input(self) -> None:
+        """No more input (the remote shell sees EOF)."""
+
+    def terminate(self) -> None:
+        """Stop the connection and everything it runs, now."""
+
+    def release(self) -> None:
+        """Free what is left (pipes, registrations) once the channel is over."""
+
+
+class ProcessChannel:
+    """A channel over a local process started in its own session (e.g. ``ssh HOST bash -s``)."""
+
+    def __init__(self, tracker: Tracker, argv: Sequence[str], env: Optional[dict] = None) -> None:
+        self._tracker = tracker
+        self.proc = tracker.spawn(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._names = {self.proc.stdout.fileno(): OUT, self.proc.stderr.fileno(): ERR}
+        self._selector = selectors.DefaultSelector()
+        for fd in self._names:
+            os.set_blocking(fd, False)
+            self._selector.register(fd, selectors.EVENT_READ)
+        self._released = False
+
+    def send(self, data: bytes) -> None:
+        stdin = self.proc.stdin
+        if stdin is None:
+            return
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except (OSError, ValueError):
+            pass  # the connection is gone; the reader will see it
+
+    def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
+        if not self._selector.get_map():
+            return []
+        chunks = []
+        for key, _ in self._selector.select(timeout):
+            try:
+                data = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._selector.unregister(key.fd)
+            chunks.append((self._names[key.fd], data))
+        return chunks
+
+    def exit_status(self) -> Optional[int]:
+        return self._status(self.proc.poll())
+
+    def wait(self, timeout: float) -> Optional[int]:
+        try:
+            return self._status(self.proc.wait(timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
+    @staticmethod
+    def _status(rc: Optional[int]) -> Optional[int]:
+        if rc is None:
+            return None
+        return 255 if rc < 0 else rc
+
+    def close_input(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def terminate(self) -> None:
+        """HUP the whole process group, as the Ruby stream does on timeout."""
+        kill_group(self.proc, signal.SIGHUP)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.close_input()
+        if self.wait(CLOSE_GRACE) is None:
+            kill_group(self.proc, signal.SIGKILL)
+            self.wait(CLOSE_GRACE)
+        try:
+            self._selector.close()
+        except (OSError, ValueError):
+            pass
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+        self._tracker.release(self.proc)
