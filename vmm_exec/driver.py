@@ -29,6 +29,7 @@ from vmm_exec.protocol import (
     parse_line,
 )
 from vmm_exec.scheduler import Job, Scheduler
+from vmm_exec.transports import make_transport
 
 EXIT_EOF = 255
 EXIT_TERM = 143
@@ -56,12 +57,13 @@ class Driver:
         self.stdin = stdin
         self.writer = Writer(stdout)
         self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of)
+        self.transport = make_transport(config.transport)
         self._done = threading.Event()
         self.exit_code = 0
 
     def _execute(self, job: Job) -> None:
         perform(job.action, job.msg_id, job.payload, self.config, self.writer, job.tracker,
-                job.gate)
+                job.gate, self.transport)
 
     # -- request loop ---------------------------------------------------------
     def handle(self, line: str) -> None:
@@ -144,6 +146,7 @@ def run_driver(config: DriverConfig) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     code = driver.run()
+    driver.transport.close()
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

@@ -18,8 +18,9 @@ from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Writer
 from vmm_exec.rollback import harden, never_stop
 from vmm_exec.runners import StepError, run_direct, run_ds, run_tm, run_vmm, run_vnm
 from vmm_exec.steps import DRIVER_NAMES, DirectCall, Immediate, Plan, Step, Sym
+from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import Cancelled, Tracker
-from vmm_exec.transports.remote import ssh_argv, update_remotes
+from vmm_exec.transports.remote import update_remotes
 from vmm_exec.transports.stream import SshStream, StreamCommand
 
 
@@ -40,16 +41,13 @@ DATA_FIELDS = {
 }
 
 
-def stream_opener(host: str, shell: str, forward: bool) -> list:
-    return ssh_argv(host, f"{shell} -s", forward=forward)
-
-
 class ActionContext:
     """State of one running action: ``@data``, streams, network views, output gate."""
 
     def __init__(self, config: DriverConfig, writer: Writer, msg_id: str, action: str,
-                 message: Message, tracker: Tracker, gate: Gate) -> None:
+                 message: Message, tracker: Tracker, gate: Gate, transport: Transport) -> None:
         self.config = config
+        self.transport = transport
         self.writer = writer
         self.msg_id = msg_id
         self.action = action
@@ -93,11 +91,14 @@ class ActionContext:
             raise StepError("this step runs on the migration target but MIGR_HOST is empty")
         if destination not in self._streams:
             host = self.value("dest_host" if destination else "host")
-            stream = SshStream(host, self.config.shell, stream_opener, self.tracker,
-                               forward=self.forward)
+            def opener(h: str, shell: str, forward: bool) -> object:
+                return self.transport.open_stream(self.tracker, h, shell, forward)
+
+            stream = SshStream(host, self.config.shell, opener,  # type: ignore[arg-type]
+                               self.tracker, forward=self.forward)
 
             def refresh(h: str = host) -> None:
-                update_remotes(self.tracker, h, self.config.scripts_remote_dir,
+                update_remotes(self.transport, self.tracker, h, self.config.scripts_remote_dir,
                                self.config.paths.remotes_for_update, self.log)
 
             self._streams[destination] = StreamCommand(
@@ -203,7 +204,7 @@ class BuildRequest:
 
 
 def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,
-            tracker: Tracker, gate: Gate) -> None:
+            tracker: Tracker, gate: Gate, transport: Transport) -> None:
     """Carry out one request and send its single answer (none if cancelled)."""
     from vmm_exec.actions import build
 
@@ -217,7 +218,7 @@ def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer
         if isinstance(plan, Immediate):
             answer(writer, gate, plan.action, msg_id, plan.result == RESULT_SUCCESS, plan.info)
             return
-        ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate)
+        ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate, transport)
         if isinstance(plan, Plan) and not config.strict:
             plan = harden(plan)
         if isinstance(plan, Plan):

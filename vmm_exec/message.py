@@ -10,6 +10,8 @@ cases where the Ruby driver crashed into a :class:`MessageError` that says why.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import re
 from typing import List, Optional, Tuple
@@ -34,6 +36,8 @@ VNM_XPATHS = (
 # Device sections whose VN_MAD selects a network driver (get_vnm_drivers).
 VNM_DEVICES = ("NIC", "NIC_ALIAS", "PCI")
 
+_STRICT_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
 _XML_DECL_ENCODING = re.compile(
     rb"<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']", re.S
 )
@@ -49,8 +53,7 @@ def decode(payload_b64: str) -> Message:
     Base64 is decoded as leniently as Ruby does; where Ruby would have
     crashed (garbage, not XML, no root element) a MessageError is raised.
     """
-    raw = rubyisms.decode64(payload_b64)
-    text = _bytes_to_text(raw)
+    text = _bytes_to_text(_decode64(payload_b64))
     try:
         doc = xmlcompat.parse(text)
     except XmlError as exc:
@@ -58,6 +61,21 @@ def decode(payload_b64: str) -> Message:
     if doc.root is None:  # pragma: no cover - parse() always yields a root
         raise MessageError("the action payload has no root element")
     return Message(doc.root)
+
+
+def _decode64(payload: str) -> bytes:
+    """``Base64.decode64``: the C decoder for well-formed input, rubyisms otherwise.
+
+    oned sends strict base64; on it (line breaks aside, which Ruby skips)
+    both decoders agree, and the C one is about fifty times faster.
+    """
+    compact = payload.translate(_LINE_BREAKS)
+    if _STRICT_BASE64.fullmatch(compact):
+        try:
+            return base64.b64decode(compact, validate=True)
+        except binascii.Error:  # pragma: no cover - the pattern admits only valid input
+            pass
+    return rubyisms.decode64(payload)
 
 
 def _bytes_to_text(raw: bytes) -> str:

@@ -170,7 +170,8 @@ def run_direct(ctx: ActionContext, call: DirectCall) -> Outcome:
                            rubyisms.strict_encode64(call.stdin.encode("utf-8", "surrogateescape")),
                            ctx.config.timeout)
     else:
-        result = run_remotes_command(ctx.tracker, command, host, ctx.config.scripts_remote_dir,
+        result = run_remotes_command(ctx.transport, ctx.tracker, command, host,
+                                     ctx.config.scripts_remote_dir,
                                      ctx.config.paths.remotes_for_update, ctx.log, call.stdin,
                                      ctx.config.retries, ctx.config.timeout)
     return info_from_execution(ctx, result)

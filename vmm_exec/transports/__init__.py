@@ -5,3 +5,16 @@ Every transport returns an :class:`~vmm_exec.transports.base.Execution`
 processes with the action's :class:`~vmm_exec.transports.base.Tracker`, so a
 cancelled or timed-out action can be stopped wherever it runs.
 """
+
+from vmm_exec.transports.api import Transport
+
+
+def make_transport(name: str) -> Transport:
+    """The transport named on the command line (paramiko is imported only when chosen)."""
+    if name == "paramiko":
+        from vmm_exec.transports.paramiko_transport import ParamikoTransport
+
+        return ParamikoTransport()
+    from vmm_exec.transports.openssh import OpenSSHTransport
+
+    return OpenSSHTransport()

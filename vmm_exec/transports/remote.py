@@ -1,74 +1,65 @@
 """One-shot remote commands: Ruby's ``SSHCommand`` and ``RemotesCommand``.
 
-The ssh client is exec'd with an argv (no local shell), so values never pass
-through a front-end shell; the text logged for oned stays the Ruby driver's.
+Written against :class:`~vmm_exec.transports.api.Transport`; the text logged
+for oned stays the Ruby driver's.
 """
 
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Optional
 
 from vmm_exec.quoting import bare
+from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import Execution, Logger, Tracker
-from vmm_exec.transports.local import capture, report, run_local
+from vmm_exec.transports.local import report
+from vmm_exec.transports.openssh import ssh_argv
+
+__all__ = ["run_ssh", "run_remotes_command", "update_remotes", "remote_script_command",
+           "ssh_argv", "MAGIC_RC"]
 
 MAGIC_RC = 42
-FORWARD_AGENT_OPTIONS = ["-o", "ForwardAgent=yes", "-o", "ControlMaster=no", "-o",
-                         "ControlPath=none"]
 
 
-def ssh_argv(host: str, command: Optional[str] = None, *, no_stdin: bool = False,
-             forward: bool = False) -> List[str]:
-    """The OpenSSH client call: ``ssh [-n] [forwarding options] HOST [COMMAND]``."""
-    argv = ["ssh"]
-    if no_stdin:
-        argv.append("-n")
-    if forward:
-        argv.extend(FORWARD_AGENT_OPTIONS)
-    argv.append(host)
-    if command is not None:
-        argv.append(command)
-    return argv
-
-
-def run_ssh(tracker: Tracker, host: str, command: str, log: Logger, stdin: Optional[str] = None,
-            timeout: Optional[float] = None, shown: Optional[str] = None) -> Execution:
-    """``SSHCommand.run``: ``ssh -n HOST CMD`` without stdin, ``ssh HOST CMD`` with it."""
-    result = capture(tracker, ssh_argv(host, command, no_stdin=stdin is None), stdin, timeout)
+def run_ssh(transport: Transport, tracker: Tracker, host: str, command: str, log: Logger,
+            stdin: Optional[str] = None, timeout: Optional[float] = None,
+            shown: Optional[str] = None) -> Execution:
+    """``SSHCommand.run``: one remote command, its failure logged like ``GenericCommand``."""
+    result = transport.run(tracker, host, command, stdin, timeout)
     return report(result, shown if shown is not None else command, log)
 
 
 def remote_script_command(command: str) -> str:
     """The ``-x`` guard of ``RemotesCommand``: exit 42 when the script is missing."""
-    script = command.split(" ")[0] if command.split(" ") else ""
+    words = command.split(" ")
+    script = words[0] if words else ""
     return (f'if [ -x "{script}" ]; then {command}; else'
             f'                              exit {MAGIC_RC}; fi')
 
 
-def run_remotes_command(tracker: Tracker, command: str, host: str, remote_dir: str,
-                        local_remotes: str, log: Logger, stdin: Optional[str], retries: int,
-                        timeout: Optional[float]) -> Execution:
+def run_remotes_command(transport: Transport, tracker: Tracker, command: str, host: str,
+                        remote_dir: str, local_remotes: str, log: Logger, stdin: Optional[str],
+                        retries: int, timeout: Optional[float]) -> Execution:
     """``RemotesCommand.run``: a missing script (exit 42) triggers a remotes update
     and a retry, at most ``retries`` times, one second apart."""
     remote = remote_script_command(command)
     shown = f"'{remote}'"
-    result = run_ssh(tracker, host, remote, log, stdin, timeout, shown)
+    result = run_ssh(transport, tracker, host, remote, log, stdin, timeout, shown)
     while result.code != 0 and retries != 0:
         if result.code == MAGIC_RC:
-            update_remotes(tracker, host, remote_dir, local_remotes, log)
+            update_remotes(transport, tracker, host, remote_dir, local_remotes, log)
         time.sleep(1)
         tracker.check()
-        result = run_ssh(tracker, host, remote, log, stdin, timeout, shown)
+        result = run_ssh(transport, tracker, host, remote, log, stdin, timeout, shown)
         retries -= 1
     return result
 
 
-def update_remotes(tracker: Tracker, host: str, remote_dir: str, local_remotes: str,
-                   log: Logger) -> None:
-    """``RemotesCommand.update_remotes``: ``mkdir -p`` the remote dir and ``scp -rp`` the tree."""
+def update_remotes(transport: Transport, tracker: Tracker, host: str, remote_dir: str,
+                   local_remotes: str, log: Logger) -> None:
+    """``RemotesCommand.update_remotes``: ``mkdir -p`` the remote dir and copy the tree."""
     log("Remote worker node files not found", True)
     log("Updating remotes", True)
-    run_ssh(tracker, host, f"mkdir -p {bare(remote_dir)}", log)
-    # through /bin/sh, like Ruby, so that the glob expands in the same order
-    run_local(tracker, f"scp -rp {bare(local_remotes)}/* {bare(host + ':' + remote_dir)}", log)
+    run_ssh(transport, tracker, host, f"mkdir -p {bare(remote_dir)}", log)
+    result = transport.copy_remotes(tracker, host, local_remotes, remote_dir, None)
+    report(result, result.command, log)

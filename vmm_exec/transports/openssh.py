@@ -1,0 +1,54 @@
+"""The default transport: the OpenSSH ``ssh``/``scp`` binaries.
+
+Using the binaries means oneadmin's ``~/.ssh/config``, ControlMaster and agent
+apply exactly as with the Ruby driver. The client is exec'd with an argv (no
+front-end shell), except for ``scp`` whose glob the Ruby driver let ``/bin/sh``
+expand.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from vmm_exec.quoting import bare
+from vmm_exec.transports.base import Execution, Tracker
+from vmm_exec.transports.local import capture
+
+FORWARD_AGENT_OPTIONS = ["-o", "ForwardAgent=yes", "-o", "ControlMaster=no", "-o",
+                         "ControlPath=none"]
+
+
+def ssh_argv(host: str, command: Optional[str] = None, *, no_stdin: bool = False,
+             forward: bool = False) -> List[str]:
+    """The OpenSSH client call: ``ssh [-n] [forwarding options] HOST [COMMAND]``."""
+    argv = ["ssh"]
+    if no_stdin:
+        argv.append("-n")
+    if forward:
+        argv.extend(FORWARD_AGENT_OPTIONS)
+    argv.append(host)
+    if command is not None:
+        argv.append(command)
+    return argv
+
+
+class OpenSSHTransport:
+    name = "openssh"
+
+    def open_stream(self, tracker: Tracker, host: str, shell: str, forward: bool) -> List[str]:
+        return ssh_argv(host, f"{shell} -s", forward=forward)
+
+    def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+            timeout: Optional[float]) -> Execution:
+        result = capture(tracker, ssh_argv(host, command, no_stdin=stdin is None), stdin, timeout)
+        result.command = command
+        return result
+
+    def copy_remotes(self, tracker: Tracker, host: str, local_dir: str, remote_dir: str,
+                     timeout: Optional[float]) -> Execution:
+        # through /bin/sh, like Ruby, so that the glob expands in the same order
+        command = f"scp -rp {bare(local_dir)}/* {bare(host + ':' + remote_dir)}"
+        return capture(tracker, command, None, timeout)
+
+    def close(self) -> None:
+        pass
