@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmm_exec import rubyisms
-from vmm_exec.message import Message, MessageError, decode
+from vmm_exec.message import Message, MessageError, _decode64, decode
 from vmm_exec.xmlcompat import parse
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "compat" / "scenarios"
@@ -74,6 +74,16 @@ def test_decode_skips_junk_like_ruby(data: st.DataObject) -> None:
         at = data.draw(st.integers(0, len(chars)))
         chars.insert(at, data.draw(junk))
     assert decode("".join(chars)).xml() == "<VM><ID>42</ID><NAME>é</NAME></VM>"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+    st.binary(max_size=200).map(lambda b: rubyisms.encode64(b)),
+    st.text(alphabet=st.sampled_from(list("QUJD+/=\n\r xy*")), max_size=24),
+))
+def test_fast_base64_path_agrees_with_ruby_semantics(payload: str) -> None:
+    assert _decode64(payload) == rubyisms.decode64(payload)
 
 
 def test_padding_in_the_middle_stops_decoding() -> None:
@@ -250,6 +260,14 @@ def test_vnm_view_of_a_vm_without_network_parts() -> None:
 def test_vnm_view_needs_a_vm() -> None:
     with pytest.raises(MessageError, match="the action payload has no VM element"):
         decode(b64("<VMM_DRIVER_ACTION_DATA><HOST>h</HOST></VMM_DRIVER_ACTION_DATA>")).vnm_view()
+
+
+def test_vnm_view_reparses_vm_to_s_like_ruby() -> None:
+    # VM.to_s loses the namespace declared above it, so REXML's re-parse fails
+    m = decode(b64('<D xmlns:x="u"><VM><ID>1</ID><x:A/></VM></D>'))
+    assert m.element_xml("VM") == "<VM><ID>1</ID><x:A/></VM>"
+    with pytest.raises(MessageError, match="network driver view.*not well-formed"):
+        m.vnm_view()
 
 
 def _scenario_messages(scenario: Path) -> Dict[str, List[Message]]:

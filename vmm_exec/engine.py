@@ -94,8 +94,13 @@ class ActionContext:
             def opener(h: str, shell: str, forward: bool) -> object:
                 return self.transport.open_stream(self.tracker, h, shell, forward)
 
+            killer = None
+            if not self.config.strict:
+                def killer(pgid: int, h: str = host) -> None:
+                    self.transport.kill_remote(h, pgid)
+
             stream = SshStream(host, self.config.shell, opener,  # type: ignore[arg-type]
-                               self.tracker, forward=self.forward)
+                               self.tracker, forward=self.forward, remote_killer=killer)
 
             def refresh(h: str = host) -> None:
                 update_remotes(self.transport, self.tracker, h, self.config.scripts_remote_dir,

@@ -89,7 +89,7 @@ def _bytes_to_text(raw: bytes) -> str:
     if raw.startswith((codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)):
         try:
             return raw.decode("utf-16")
-        except UnicodeDecodeError as exc:
+        except ValueError as exc:
             raise MessageError(f"cannot decode the action payload: {exc}") from exc
     body = raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw
     m = _XML_DECL_ENCODING.match(body) if body.startswith(b"<?xml") else None
@@ -98,7 +98,7 @@ def _bytes_to_text(raw: bytes) -> str:
         if name.upper() not in ("UTF-8", "UTF-16"):
             try:
                 return body.decode(codecs.lookup(name).name)
-            except (LookupError, UnicodeDecodeError) as exc:
+            except (LookupError, ValueError) as exc:  # unknown codec, bad bytes
                 raise MessageError(
                     f"cannot decode the action payload: encoding {name!r}: {exc}"
                 ) from exc
@@ -162,7 +162,7 @@ class Message:
             raise MessageError("the action payload has no VM element")
         try:
             source = _root(xmlcompat.parse(vm.to_s()))
-            view = _root(xmlcompat.parse("<VM></VM>"))
+            view = Element("VM")  # REXML::Document.new('<VM></VM>').root
             for xpath in VNM_XPATHS:
                 for element in source.find_all(xpath):
                     _add_element_to_path(view, element, xpath)

@@ -38,7 +38,9 @@ __all__ = [
     "Node",
     "TextNode",
     "XmlError",
+    "normalize",
     "parse",
+    "unnormalize",
 ]
 
 # REXML::Security.entity_expansion_text_limit: Text#value raises past this
@@ -332,16 +334,7 @@ def _attribute_key(attribute: Tuple[str, str]) -> str:
 def _write(node: Node, out: List[str]) -> None:
     """Append the REXML Default-formatter form of ``node`` to ``out``."""
     if isinstance(node, Element):
-        out.append("<" + node.name)
-        for key, value in sorted(node.attributes, key=_attribute_key):
-            out.append(" " + key + "='" + value.replace("'", "&apos;") + "'")
-        if not node.children:
-            out.append("/>")
-            return
-        out.append(">")
-        for child in node.children:
-            _write(child, out)
-        out.append("</" + node.name + ">")
+        _write_element(node, out)
     elif isinstance(node, CDataNode):
         out.append("<![CDATA[" + node.raw + "]]>")
     elif isinstance(node, TextNode):
@@ -353,6 +346,32 @@ def _write(node: Node, out: List[str]) -> None:
         out.append("<?" + node.target + content + "?>")
     else:  # pragma: no cover - every node class is handled above
         raise XmlError(f"cannot serialise {node!r}")
+
+
+def _write_element(element: Element, out: List[str]) -> None:
+    """``write_element``; text children are written inline (they are half the nodes)."""
+    append = out.append
+    if element.attributes:
+        append("<" + element.name + "".join(
+            " " + key + "='" + value.replace("'", "&apos;") + "'"
+            for key, value in sorted(element.attributes, key=_attribute_key)
+        ))
+    else:
+        append("<" + element.name)
+    if not element.children:
+        append("/>")
+        return
+    append(">")
+    for child in element.children:
+        if isinstance(child, Element):
+            _write_element(child, out)
+        elif isinstance(child, CDataNode):
+            append("<![CDATA[" + child.raw + "]]>")
+        elif isinstance(child, TextNode):
+            append(child.raw)
+        else:
+            _write(child, out)
+    append("</" + element.name + ">")
 
 
 # --------------------------------------------------------------------------

@@ -40,5 +40,8 @@ class Transport(Protocol):
                      timeout: Optional[float]) -> Execution:
         """Copy the contents of ``local_dir`` into ``remote_dir`` on ``host`` (``scp -rp``)."""
 
+    def kill_remote(self, host: str, pgid: int) -> None:
+        """Kill a process group on ``host`` (the remote side of a cancelled stream)."""
+
     def close(self) -> None:
         """Release pooled connections (driver shutdown)."""

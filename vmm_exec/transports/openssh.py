@@ -50,5 +50,23 @@ class OpenSSHTransport:
         command = f"scp -rp {bare(local_dir)}/* {bare(host + ':' + remote_dir)}"
         return capture(tracker, command, None, timeout)
 
+    def kill_remote(self, host: str, pgid: int) -> None:
+        """TERM, then KILL, a process group on ``host`` over a new connection."""
+        kill_remote_group(self, host, pgid)
+
     def close(self) -> None:
+        pass
+
+
+def remote_kill_command(pgid: int) -> str:
+    return (f"kill -TERM -- -{pgid} 2>/dev/null; sleep 1; "
+            f"kill -KILL -- -{pgid} 2>/dev/null; true")
+
+
+def kill_remote_group(transport: OpenSSHTransport, host: str, pgid: int) -> None:
+    """Best effort, bounded: the action being killed may already be cancelled,
+    so this runs under a tracker of its own."""
+    try:
+        transport.run(Tracker(), host, remote_kill_command(pgid), None, 15.0)
+    except Exception:  # noqa: BLE001 - killing is best effort
         pass

@@ -40,8 +40,13 @@ class SshStream:
     """A persistent shell on one host, framing one command at a time."""
 
     def __init__(self, host: str, shell: str, opener: Opener, tracker: Tracker,
-                 forward: bool = False) -> None:
+                 forward: bool = False,
+                 remote_killer: Optional[Callable[[int], None]] = None) -> None:
         self.host = host
+        # Given a remote process group id, kills it over another connection:
+        # killing the local ssh client does not stop what runs on the host.
+        self._remote_killer = remote_killer
+        self.remote_pgid: Optional[int] = None
         self.shell = shell
         self.forward = forward
         self._opener = opener
@@ -67,6 +72,30 @@ class SshStream:
         self.alive = True
         self.out = b""
         self.err = b""
+        if self._remote_killer is not None:
+            self._identify()
+
+    def _identify(self) -> None:
+        """Learn the remote shell's process group, for killing it later.
+
+        A framed shell builtin: nothing runs on the host and nothing of it is
+        logged (the output is consumed here).
+        """
+        code = self.exec_and_wait("cut -d' ' -f5 /proc/$$/stat")
+        text = self.out.strip()
+        if self.alive:
+            # a dead stream keeps its error text for the command that follows
+            self.out = b""
+            self.err = b""
+        if code == 0 and text.isdigit() and int(text) > 1:
+            self.remote_pgid = int(text)
+            self._tracker.on_kill(self._kill_remote)
+
+    def _kill_remote(self) -> None:
+        pgid, killer = self.remote_pgid, self._remote_killer
+        self.remote_pgid = None
+        if pgid is not None and killer is not None:
+            killer(pgid)
 
     def reset(self) -> None:
         """Forget a dead connection so that the next command opens a new one."""
@@ -93,6 +122,7 @@ class SshStream:
             return
         self.alive = False
         channel.terminate()
+        self._kill_remote()
         self._finish(channel)
 
     def _finish(self, channel: Channel) -> None:
