@@ -83,7 +83,7 @@ def port_compare_stdout(expected: str, actual: str, answers: Mapping[str, str]) 
     bad: List[str] = []
     for key in sorted(keys, key=lambda k: key_order(k or "-")):
         el, gl = exp.get(key, []), got.get(key, [])
-        if key not in answers:
+        if key is None or key not in answers:
             if el != gl:
                 bad.append(f"id {key}: lines differ")
                 bad.extend(_diff(el, gl))

@@ -85,16 +85,20 @@ class DriverSession:
         self._stdin_open = True
         self._driver: Optional[Set[int]] = None
         self._stderr: IO[bytes] = open(os.path.join(world, "driver.stderr"), "wb")
-        self.proc = subprocess.Popen(
-            command,
-            shell=True,
-            cwd=world,
-            env=dict(env),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                shell=True,
+                cwd=world,
+                env=dict(env),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._stderr.close()
+            raise
         assert self.proc.stdin is not None and self.proc.stdout is not None
         os.set_blocking(self.proc.stdin.fileno(), False)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -369,7 +369,8 @@ def test_first_matching_rule_wins_and_nth_counts(world: str) -> None:
         "host01 vmm/* exit=1\n")
     picks = [common.select_rule(faults, "host01", "vmm/kvm/poll", "42", world) for _ in range(3)]
     assert [r.params["exit"] for r in picks if r] == ["1", "7", "1"]
-    assert common.select_rule(faults, "host01", "vmm/kvm/poll", "43", world).params["exit"] == "3"
+    vm43 = common.select_rule(faults, "host01", "vmm/kvm/poll", "43", world)
+    assert vm43 is not None and vm43.params["exit"] == "3"
     assert common.select_rule(faults, "host02", "vmm/kvm/poll", "42", world) is None
     assert (Path(world) / "run").is_dir() and any((Path(world) / "run").iterdir())
 

@@ -17,6 +17,7 @@ from vmm_exec import message as messages
 from vmm_exec.actions import ACTIONS
 from vmm_exec.config import DriverConfig
 from vmm_exec.engine import perform
+from vmm_exec.hooks import hook_dirs, load_hooks
 from vmm_exec.protocol import (
     RESULT_SUCCESS,
     ActionLine,
@@ -58,12 +59,16 @@ class Driver:
         self.writer = Writer(stdout)
         self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of)
         self.transport = make_transport(config.transport)
+        errors: list = []
+        self.hooks = load_hooks(hook_dirs(config.paths.remotes, config.hook_dirs), errors)
+        for error in errors:
+            diag(f"hook file ignored: {error}")
         self._done = threading.Event()
         self.exit_code = 0
 
     def _execute(self, job: Job) -> None:
         perform(job.action, job.msg_id, job.payload, self.config, self.writer, job.tracker,
-                job.gate, self.transport)
+                job.gate, self.transport, self.hooks)
 
     # -- request loop ---------------------------------------------------------
     def handle(self, line: str) -> None:

@@ -8,15 +8,16 @@ FAILURE with a reason an operator can read. Rollback steps never raise.
 from __future__ import annotations
 
 import traceback
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from vmm_exec import message as messages
 from vmm_exec import rubyisms
 from vmm_exec.config import DriverConfig
+from vmm_exec.hooks import Hook, HookedCall, weave
 from vmm_exec.message import Message, MessageError
 from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Writer
 from vmm_exec.rollback import harden, never_stop
-from vmm_exec.runners import StepError, run_direct, run_ds, run_tm, run_vmm, run_vnm
+from vmm_exec.runners import StepError, run_direct, run_ds, run_hook, run_tm, run_vmm, run_vnm
 from vmm_exec.steps import DRIVER_NAMES, DirectCall, Immediate, Plan, Step, Sym
 from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import Cancelled, Tracker
@@ -79,6 +80,12 @@ class ActionContext:
     def log(self, message: str, all_lines: bool = True) -> None:
         self.writer.log(self.msg_id, message, all_lines, self.gate)
 
+    def hook_data(self) -> Dict[str, Optional[str]]:
+        data = dict(self.data)
+        data["vm_id"] = self.msg_id
+        data["failed_info_text"] = rubyisms.strip(self.data.get("failed_info") or "")
+        return data
+
     # -- resources ----------------------------------------------------------
     def vnm_view(self, destination: bool) -> Tuple[list, str]:
         if destination not in self._vnm:
@@ -130,9 +137,11 @@ class StepRunner:
         for step in steps:
             self.ctx.tracker.check()
             ok, info = self.run_one(step)
-            self.ctx.data[step.info_key] = rubyisms.strip(info)
+            key = f"hook_{step.info_key}" if step.driver == "hook" else step.info_key
+            self.ctx.data[key] = rubyisms.strip(info)
             name = DRIVER_NAMES[step.driver]
             if not ok:
+                self.ctx.data["failed_step"] = step.label
                 if step.fail_actions:
                     self.rollback(step.fail_actions)
                 self.ctx.data["failed_info"] = info
@@ -164,6 +173,8 @@ class StepRunner:
                 return run_vmm(self.ctx, step)
             if step.driver == "vnm":
                 return run_vnm(self.ctx, step)
+            if step.driver == "hook":
+                return run_hook(self.ctx, step)
             words = [self.ctx.value(p.name) if isinstance(p, Sym) else p for p in step.parameters]
             if step.driver == "tm":
                 return run_tm(self.ctx, words, step.stdin)
@@ -177,10 +188,29 @@ def answer(ctx_writer: Writer, gate: Gate, action: str, msg_id: str, ok: bool,
     ctx_writer.send(action, RESULT_SUCCESS if ok else RESULT_FAILURE, msg_id, info, gate)
 
 
+def run_hooks_around(ctx: ActionContext, runner: StepRunner, pre: Tuple[Step, ...],
+                     body: Callable[[], bool], post: Tuple[Step, ...],
+                     fail: Tuple[Step, ...]) -> bool:
+    """Pre hooks (a failure vetoes the action), the body, then post or fail hooks,
+    whose outcome never changes the result."""
+    if pre and not runner.run_steps(pre):
+        return False
+    ok = body()
+    after = post if ok else fail
+    if after:
+        saved = {k: ctx.data.get(k) for k in ("failed_info", "failed_step")}
+        runner.rollback(after)
+        ctx.data.update(saved)
+    return ok
+
+
 def execute_plan(ctx: ActionContext, plan: Plan) -> Tuple[bool, str]:
-    """``VmmAction#run``: the steps, then the answer's info."""
+    """``VmmAction#run``: the steps (with any hooks), then the answer's info."""
+    runner = StepRunner(ctx)
     try:
-        ok = StepRunner(ctx).run_steps(plan.steps)
+        ok = run_hooks_around(ctx, runner, plan.pre_hooks,
+                              lambda: runner.run_steps(plan.steps),
+                              plan.post_hooks, plan.fail_hooks)
     finally:
         ctx.close()
     info = "" if plan.extra_info is None else plan.extra_info + " "
@@ -191,6 +221,25 @@ def execute_plan(ctx: ActionContext, plan: Plan) -> Tuple[bool, str]:
         if main is not None:
             info += main
     return ok, info
+
+
+def execute_call_with_hooks(ctx: ActionContext, hooked: HookedCall) -> Tuple[bool, str]:
+    """A one-call action with hooks: the call's own outcome is the answer."""
+    runner = StepRunner(ctx)
+    outcome: List[Tuple[bool, str]] = []
+
+    def body() -> bool:
+        outcome.append(run_direct(ctx, hooked.call))
+        return outcome[-1][0]
+
+    try:
+        ok = run_hooks_around(ctx, runner, hooked.pre_hooks, body, hooked.post_hooks,
+                              hooked.fail_hooks)
+    finally:
+        ctx.close()
+    if not outcome:
+        return False, ctx.data.get("failed_info") or "-"
+    return ok, outcome[-1][1]
 
 
 Builder = Callable[["BuildRequest"], object]
@@ -209,7 +258,8 @@ class BuildRequest:
 
 
 def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,
-            tracker: Tracker, gate: Gate, transport: Transport) -> None:
+            tracker: Tracker, gate: Gate, transport: Transport,
+            hooks: Sequence[Hook] = ()) -> None:
     """Carry out one request and send its single answer (none if cancelled)."""
     from vmm_exec.actions import build
 
@@ -228,10 +278,13 @@ def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer
             plan = harden(plan)
         if isinstance(plan, Plan):
             ctx.forward = plan.main_action.upper() in config.delegate_actions
-        if isinstance(plan, DirectCall):
-            ok, info = run_direct(ctx, plan)
+        woven = weave(plan, hooks, config.hypervisor)
+        if isinstance(woven, HookedCall):
+            ok, info = execute_call_with_hooks(ctx, woven)
+        elif isinstance(woven, DirectCall):
+            ok, info = run_direct(ctx, woven)
         else:
-            ok, info = execute_plan(ctx, plan)
+            ok, info = execute_plan(ctx, woven)
         tracker.check()
         answer(writer, gate, action, msg_id, ok, info)
     except Cancelled:

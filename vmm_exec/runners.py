@@ -16,7 +16,7 @@ from vmm_exec.protocol import split_stderr
 from vmm_exec.quoting import bare, single_quoted
 from vmm_exec.steps import DirectCall, Sym
 from vmm_exec.transports.base import Execution
-from vmm_exec.transports.local import run_local
+from vmm_exec.transports.local import capture, report, run_local
 from vmm_exec.transports.remote import run_remotes_command
 
 if TYPE_CHECKING:
@@ -174,4 +174,43 @@ def run_direct(ctx: ActionContext, call: DirectCall) -> Outcome:
                                      ctx.config.scripts_remote_dir,
                                      ctx.config.paths.remotes_for_update, ctx.log, call.stdin,
                                      ctx.config.retries, ctx.config.timeout)
+    return info_from_execution(ctx, result)
+
+
+# -- add-on hooks -------------------------------------------------------------
+def hook_stdin(ctx: ActionContext, spec: Optional[str]) -> str:
+    """``vm`` (default): the VM element; ``message``: the whole request; ``none``."""
+    if spec is None or spec == "vm":
+        return ctx.message.element_xml("VM")
+    if spec == "message":
+        return ctx.message.xml()
+    if spec == "none":
+        return ""
+    return spec
+
+
+def run_hook(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-defined]  # noqa: F821
+    """An add-on script: on the front-end, or on the host/target through the action's stream.
+
+    The script gets its parameters as argv, the hook environment (VM id,
+    deploy id, hosts, action, point, failed step and info) and, on stdin,
+    the VM XML unless the hook asks otherwise.
+    """
+    from vmm_exec.hooks import hook_environment
+
+    env = hook_environment(ctx.hook_data(), ctx.action, step.origin)
+    script = step.script_name or step.action
+    params = render_parameters(ctx, step.parameters)
+    stdin = hook_stdin(ctx, step.stdin)
+    if step.is_local:
+        command = f"{bare(script)} {params}".rstrip()
+        full_env = dict(os.environ)
+        full_env.update(env)
+        result = capture(ctx.tracker, command, stdin, ctx.config.timeout, env=full_env)
+        return info_from_execution(ctx, report(result, command, ctx.log))
+    path = script if script.startswith("/") else os.path.join(ctx.config.scripts_remote_dir, script)
+    assignments = " ".join(f"{k}={single_quoted(v)}" for k, v in env.items())
+    command = f"{assignments} {bare(path)} {params}".rstrip()
+    result = ctx.stream(destination=step.destination).run(
+        command, stdin, bare(path), ctx.config.timeout, check_timeout=ctx.default_timeout)
     return info_from_execution(ctx, result)

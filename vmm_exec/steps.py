@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional, Tuple, Union
 
-DRIVERS = ("vmm", "vnm", "tm", "ds")
+DRIVERS = ("vmm", "vnm", "tm", "ds", "hook")
 
 DRIVER_NAMES = {
     "vmm": "virtualization driver",
     "vnm": "network driver",
     "tm": "transfer manager driver",
     "ds": "datastore driver",
+    "hook": "add-on hook",
 }
 
 
