@@ -87,14 +87,19 @@ def context_steps(req: BuildRequest) -> List[Step]:
 def deploy(req: BuildRequest) -> ActionPlan:
     require_vm(req)
     local_dfile = text(req, "LOCAL_DEPLOYMENT_FILE")
-    if not local_dfile or _file_empty(local_dfile):
+    if req.explain:
+        domain = f"<contents of {local_dfile}>"
+    elif not local_dfile or _file_empty(local_dfile):
         return Immediate(req.action, RESULT_FAILURE,
                          f"Cannot open deployment file {local_dfile or ''}")
-    try:
-        with open(local_dfile, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            domain = f.read()
-    except OSError as exc:
-        raise ActionError(f"Cannot open deployment file {local_dfile}: {exc.strerror}") from exc
+    else:
+        try:
+            with open(local_dfile, encoding="utf-8", errors="surrogateescape",
+                      newline="") as f:
+                domain = f.read()
+        except OSError as exc:
+            raise ActionError(
+                f"Cannot open deployment file {local_dfile}: {exc.strerror}") from exc
 
     is_action_local = req.config.action_is_local("deploy")
     dfile = local_dfile if is_action_local else text(req, "REMOTE_DEPLOYMENT_FILE")

@@ -28,6 +28,7 @@ from vmm_exec.config import (
 
 USAGE = """\
 usage: one-vmm-exec [options] HYPERVISOR
+       one-vmm-exec explain ACTION [--message FILE] [--hypervisor HV] [--format text|dot]
 
 OpenNebula VMM exec driver (Python port of one_vmm_exec.rb). Reads oned's
 driver protocol on stdin and answers on stdout.
@@ -266,6 +267,10 @@ def apply_priority(environ: Dict[str, str]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] == "explain":
+        from vmm_exec.explain import main as explain_main
+
+        return explain_main(raw[1:])
     words = split_oned_argv(raw)
     environ = os.environ
     paths = Paths(environ.get("ONE_LOCATION") or None)

@@ -249,12 +249,14 @@ class BuildRequest:
     """What an action builder gets: the decoded message and the driver's settings."""
 
     def __init__(self, action: str, msg_id: str, message: Message, config: DriverConfig,
-                 payload: str) -> None:
+                 payload: str, explain: bool = False) -> None:
         self.action = action
         self.msg_id = msg_id
         self.message = message
         self.config = config
         self.payload = payload
+        # building for `explain`: no file is read, the deployment is a placeholder
+        self.explain = explain
 
 
 def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,
