@@ -191,7 +191,8 @@ def answer(ctx_writer: Writer, gate: Gate, action: str, msg_id: str, ok: bool,
 def run_hooks_around(ctx: ActionContext, runner: StepRunner, pre: Tuple[Step, ...],
                      body: Callable[[], bool], post: Tuple[Step, ...],
                      fail: Tuple[Step, ...]) -> bool:
-    """Pre hooks (a failure vetoes the action), the body, then post or fail hooks,
+    """Pre hooks (a failure vetoes the action: nothing else runs, not even fail
+    hooks, as there is nothing to revert), the body, then post or fail hooks,
     whose outcome never changes the result."""
     if pre and not runner.run_steps(pre):
         return False

@@ -129,7 +129,7 @@ def render_text(action: str, plan: object, config: DriverConfig) -> str:
                      f"(answered with its output)")
     else:
         lines.append("  steps:")
-        steps(call.steps, 4)  # type: ignore[union-attr]
+        steps(call.steps, 4)  # type: ignore[attr-defined]
     for title, name in (("post hooks (after success)", "post_hooks"),
                         ("fail hooks (after failure and rollback)", "fail_hooks")):
         hooks = getattr(plan, name, ())

@@ -204,9 +204,7 @@ def step_from_mapping(table: Mapping[str, Any], where: str, base: str) -> Step:
 
 def _param(value: Any, where: str) -> Param:
     """``:name`` (Ruby symbol, or a TOML string starting with ':') is a symbol."""
-    from vmm_exec import rubyhash
-
-    if isinstance(value, rubyhash.Symbol):
+    if type(value).__name__ == "Symbol" and isinstance(value, str):  # rubyhash.Symbol
         return Sym(str(value))
     if isinstance(value, bool) or value is None:
         raise HookError(f"{where}: parameter {value!r} is not a symbol, string or number")
