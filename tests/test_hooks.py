@@ -228,7 +228,8 @@ def test_hooks_run_in_order_with_arguments_environment_and_vm_on_stdin(world: Pa
     assert first["env"]["VMM_VM_ID"] == "42"
     assert first["env"]["VMM_DEPLOY_ID"] == "one-42"
     assert first["env"]["VMM_HOST"] == "host01"
-    assert "10-a.toml" in first["env"]["VMM_HOOK_POINT"]
+    assert first["env"]["VMM_HOOK_POINT"] == "pre"
+    assert "10-a.toml" in first["env"]["VMM_HOOK_ORIGIN"]
     assert any("Successfully execute add-on hook operation: a-pre." in x for x in lines)
 
 

@@ -244,7 +244,7 @@ def _tag(step: Step, hook: Hook, *, rollback: bool = False) -> Step:
     fail = tuple(_tag(f, hook, rollback=True) for f in step.fail_actions)
     return replace(step, origin=origin, fail_actions=fail,
                    rollback=rollback or step.rollback,
-                   no_fail=step.no_fail or rollback)
+                   no_fail=step.no_fail or rollback, hook_point=hook.point)
 
 
 def weave(plan: Any, hooks: Sequence[Hook], hypervisor: str) -> Any:
@@ -290,11 +290,13 @@ class HookedCall:
         return self.call.action
 
 
-def hook_environment(data: Mapping[str, Optional[str]], action: str, point: str) -> Dict[str, str]:
+def hook_environment(data: Mapping[str, Optional[str]], action: str, point: str,
+                     origin: str = "") -> Dict[str, str]:
     """What a hook script gets in its environment (documented in the README)."""
     env = {
         "VMM_HOOK_ACTION": action,
         "VMM_HOOK_POINT": point,
+        "VMM_HOOK_ORIGIN": origin,
         "VMM_VM_ID": data.get("vm_id") or "",
         "VMM_DEPLOY_ID": data.get("deploy_id") or "",
         "VMM_HOST": data.get("host") or "",

@@ -198,7 +198,7 @@ def run_hook(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-de
     """
     from vmm_exec.hooks import hook_environment
 
-    env = hook_environment(ctx.hook_data(), ctx.action, step.origin)
+    env = hook_environment(ctx.hook_data(), ctx.action, step.hook_point, step.origin)
     script = step.script_name or step.action
     params = render_parameters(ctx, step.parameters)
     stdin = hook_stdin(ctx, step.stdin)

@@ -72,6 +72,7 @@ class Step:
     skip: Tuple[str, ...] = ()
     origin: str = "stock"
     rollback: bool = False
+    hook_point: str = ""
 
     def __post_init__(self) -> None:
         if self.driver not in DRIVERS:
