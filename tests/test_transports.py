@@ -311,10 +311,6 @@ def test_capture_timeout_escalates_to_kill(tmp_path: Path, leftovers: Leftovers,
     assert wait_until(lambda: not pid_alive(grandchild), 3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: capture() on timeout sends TERM to the group but escalates to KILL only "
-    "when the *leader* outlives TERM_GRACE; a grandchild that ignores TERM survives "
-    "when the leader dies at once (local.py, capture(), timeout branch)"))
 def test_capture_timeout_kills_term_ignoring_grandchild(tmp_path: Path,
                                                         leftovers: Leftovers) -> None:
     pidfile = tmp_path / "pid"
@@ -395,11 +391,6 @@ def test_run_local_timeout_logs_and_reports_like_ruby() -> None:
     assert result.stdout == ""
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "BUG: capture() with an argv whose program does not exist (e.g. no `ssh` on PATH) "
-    "raises FileNotFoundError out of Tracker.spawn instead of returning an Execution; "
-    "Ruby ran the same command through /bin/sh (exit 127) and GenericCommand#run turns "
-    "any exception into code 255 (local.py capture / base.py Tracker.spawn)"))
 def test_capture_missing_program_is_a_failed_execution() -> None:
     result = capture(Tracker(), ["/nonexistent/dir/ssh", "-n", "h", "true"], None, 5)
     assert result.code in (127, 255)
@@ -599,10 +590,15 @@ def make_rig() -> Iterator[MakeRig]:
 
     def make(opener: Callable[[str, str, bool], List[str]] = local_opener, shell: str = "bash",
              host: str = "h", reconnect: bool = False, forward: bool = False,
-             on_update: Optional[Callable[[], None]] = None) -> Rig:
+             on_update: Optional[Callable[[], None]] = None,
+             remote_killer: Optional[Callable[[int], None]] = None) -> Rig:
         tracker = Tracker()
         log = LogSink()
-        stream = SshStream(host, shell, opener, tracker, forward=forward)
+        if remote_killer is None:
+            stream = SshStream(host, shell, opener, tracker, forward=forward)
+        else:
+            stream = SshStream(host, shell, opener, tracker, forward=forward,
+                               remote_killer=remote_killer)
         updates: List[str] = []
 
         def update() -> None:
@@ -1053,11 +1049,6 @@ def test_stream_unreachable_host_without_check(make_rig: MakeRig) -> None:
                              "Error connecting to nowhere")
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "BUG: an opener argv whose program does not exist makes StreamCommand.run raise "
-    "FileNotFoundError (ProcessChannel -> Tracker.spawn); Ruby's popen3 of "
-    "`ssh HOST bash -s ; echo ExitSSHCode: $? 1>&2` gave exit 127 and "
-    "'ExitSSHCode: 127' / 'Error connecting to HOST' (stream.py SshStream.open)"))
 def test_stream_opener_program_missing_is_a_connection_error(make_rig: MakeRig) -> None:
     rig = make_rig(opener=lambda host, shell, fwd: ["/nonexistent/dir/ssh", host, f"{shell} -s"],
                    host="hm")
@@ -1196,6 +1187,145 @@ def test_stream_exec_and_wait(make_rig: MakeRig) -> None:
     assert rig.stream.err == b"ExitCode: 6"
 
 
+# -- the remote process group killer (default mode) --------------------------
+
+
+class LocalKiller:
+    """A ``remote_killer`` for the local "remote" shell: records the pgid and KILLs it."""
+
+    def __init__(self) -> None:
+        self.calls: List[int] = []
+
+    def __call__(self, pgid: int) -> None:
+        self.calls.append(pgid)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def test_stream_identify_is_invisible(make_rig: MakeRig, tmp_path: Path) -> None:
+    killer = LocalKiller()
+    rig = make_rig(remote_killer=killer)
+    result = rig.run(f"{_pgid_of_shell(tmp_path)}; echo first; echo e >&2", "in", "/bin/cat")
+    assert (result.code, result.stdout, result.stderr) == (0, "first\n", "e\nExitCode: 0")
+    assert rig.log.calls == [("e\nExitCode: 0", True)]
+    assert rig.stream.remote_pgid == read_int(tmp_path / "pgid")
+    assert killer.calls == []
+
+
+def test_stream_timeout_without_killer_leaves_hup_ignoring_child(
+        make_rig: MakeRig, tmp_path: Path, leftovers: Leftovers) -> None:
+    # strict mode / Ruby: the timed-out stream's group only gets HUP
+    rig = make_rig()
+    pidfile = tmp_path / "pid"
+    rig.run(f"nohup sleep 53.5 >/dev/null 2>&1 & echo $! > {pidfile}; wait", None, None, 0.5)
+    child = read_int(pidfile)
+    leftovers.add(child, b"53.5")
+    time.sleep(0.2)
+    assert pid_alive(child)
+
+
+def test_stream_timeout_calls_remote_killer_once(make_rig: MakeRig, tmp_path: Path,
+                                                 leftovers: Leftovers) -> None:
+    killer = LocalKiller()
+    rig = make_rig(remote_killer=killer)
+    pidfile = tmp_path / "pid"
+    command = (f"{_pgid_of_shell(tmp_path)}; nohup sleep 54.5 >/dev/null 2>&1 & "
+               f"echo $! > {pidfile}; wait")
+    start = time.monotonic()
+    result = rig.run(command, None, None, 0.5)
+    assert time.monotonic() - start < 3
+    child = read_int(pidfile)
+    leftovers.add(child, b"54.5")
+    assert result.timed_out
+    assert killer.calls == [read_int(tmp_path / "pgid")]
+    assert wait_until(lambda: not pid_alive(child), 3)
+    rig.tracker.cancel()
+    assert len(killer.calls) == 1
+
+
+def test_stream_cancel_calls_remote_killer(make_rig: MakeRig, tmp_path: Path,
+                                           leftovers: Leftovers) -> None:
+    killer = LocalKiller()
+    rig = make_rig(remote_killer=killer)
+    pidfile = tmp_path / "pid"
+    command = f"{_pgid_of_shell(tmp_path)}; sleep 55.5 & echo $! > {pidfile}; wait"
+    thread, box = in_thread(lambda: rig.run(command, None, None, 30))
+    child = read_int(pidfile)
+    leftovers.add(child, b"55.5")
+    rig.tracker.cancel()
+    thread.join(5)
+    assert isinstance(box.get("error"), Cancelled)
+    assert killer.calls == [read_int(tmp_path / "pgid")]
+    assert wait_until(lambda: not pid_alive(child), 3)
+
+
+def test_stream_reconnect_identifies_the_new_shell(make_rig: MakeRig, tmp_path: Path) -> None:
+    killer = LocalKiller()
+    rig = make_rig(remote_killer=killer, reconnect=True)
+    first = shell_pid(rig)
+    assert rig.run("sleep 56.5", None, None, 0.4).timed_out
+    second = shell_pid(rig)
+    assert second != first
+    rig.tracker.cancel()
+    # the local opener execs the shell in a new session: pgid == pid
+    assert killer.calls == [first, second]
+
+
+def test_stream_unreachable_host_with_killer_like_ruby(make_rig: MakeRig) -> None:
+    killer = LocalKiller()
+
+    def unreachable(host: str, shell: str, forward: bool) -> List[str]:
+        return ["sh", "-c",
+                f"echo 'ssh: connect to host {host} port 22: No route to host' >&2; exit 255"]
+
+    rig = make_rig(opener=unreachable, host="host09", remote_killer=killer)
+    result = rig.run("var/tmp/one/vnm/bridge/pre", "PFZNPjwvVk0+", "var/tmp/one/vnm/bridge/pre")
+    stale = ("ssh: connect to host host09 port 22: No route to host\n"
+             "ExitSSHCode: 255\nError connecting to host09")
+    assert (result.code, result.stderr) == (-1, stale)
+    assert rig.updates == []
+    assert rig.log.calls == [
+        ("Command execution fail (exit code: -1): cat << 'EOT' | var/tmp/one/vnm/bridge/pre",
+         True),
+        (stale, True),
+    ]
+    rig.tracker.cancel()
+    assert killer.calls == []
+
+
+def test_stream_unresponsive_connection_bounded_by_check_timeout(make_rig: MakeRig) -> None:
+    rig = make_rig(opener=lambda host, shell, fwd: ["sh", "-c", "exec sleep 58.5"])
+    start = time.monotonic()
+    result = rig.run("echo hi", None, "/bin/echo", 1, check_timeout=1)
+    assert time.monotonic() - start < 1 + 2
+    assert result.code == -1
+    assert result.stderr == "\nTimeout Error"
+    assert rig.updates == []
+
+
+def test_stream_identify_is_bounded_by_the_timeout(make_rig: MakeRig) -> None:
+    rig = make_rig(opener=lambda host, shell, fwd: ["sh", "-c", "exec sleep 57.5"],
+                   remote_killer=LocalKiller())
+    thread, box = in_thread(lambda: rig.run("echo hi", None, "/bin/echo", 1, check_timeout=1))
+    thread.join(1 + 3)
+    finished = not thread.is_alive()
+    rig.tracker.cancel()  # unblocks a hung run (Cancelled) before asserting
+    thread.join(5)
+    assert finished, "StreamCommand.run still blocked 3 s after its 1 s timeout"
+    assert box["result"].code == -1
+
+
+def test_stream_close_forgets_the_remote_group(make_rig: MakeRig) -> None:
+    killer = LocalKiller()
+    rig = make_rig(remote_killer=killer)
+    shell_pid(rig)
+    rig.command.close()
+    rig.tracker.cancel()
+    assert killer.calls == []
+
+
 # -- property: the framing gives back exactly what the command wrote --------
 
 FRAGMENTS = [b"EOF_OUT\n", b"EOF_OUT", b"ExitCode: 0 EOF_ERR\n", b"ExitCode: ", b" EOF_ERR",
@@ -1300,9 +1430,6 @@ def test_remote_script_command_is_rubys(command: str) -> None:
     assert f"; else{' ' * 30}exit 42; fi" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): remote_script_command takes the script as command.split(' ')[0]; "
-    "Ruby's split(' ') is awk-style, so a leading blank or a tab gives another -x target"))
 @pytest.mark.parametrize("command", [" /x/script arg", "/x/script\targ"])
 def test_remote_script_command_ruby_split_semantics(command: str) -> None:
     assert _remote().remote_script_command(command) == ruby_remotes_command(command)

@@ -107,7 +107,8 @@ class ActionContext:
                     self.transport.kill_remote(h, pgid)
 
             stream = SshStream(host, self.config.shell, opener,  # type: ignore[arg-type]
-                               self.tracker, forward=self.forward, remote_killer=killer)
+                               self.tracker, forward=self.forward, remote_killer=killer,
+                               identify_timeout=self.default_timeout)
 
             def refresh(h: str = host) -> None:
                 update_remotes(self.transport, self.tracker, h, self.config.scripts_remote_dir,

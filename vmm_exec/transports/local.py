@@ -78,8 +78,12 @@ def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[s
     """
     shell_argv = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
     text = argv if isinstance(argv, str) else " ".join(argv)
-    proc = tracker.spawn(shell_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env)
+    try:
+        proc = tracker.spawn(shell_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+    except OSError as exc:
+        # what /bin/sh would have said and returned (Ruby ran every command through it)
+        return Execution(text, 127, "", f"{shell_argv[0]}: {exc.strerror}\n")
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
     for reader in readers:
@@ -96,8 +100,10 @@ def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[s
             try:
                 proc.wait(TERM_GRACE)
             except subprocess.TimeoutExpired:
-                kill_group(proc, signal.SIGKILL)
-                proc.wait()
+                pass
+            # the leader may be gone while its children ignore TERM
+            kill_group(proc, signal.SIGKILL)
+            proc.wait()
         for reader in readers:
             reader.join(DRAIN_GRACE)
     finally:

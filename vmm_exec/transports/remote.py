@@ -10,6 +10,7 @@ import time
 from typing import Optional
 
 from vmm_exec.quoting import bare
+from vmm_exec.rubyisms import split_words
 from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import Execution, Logger, Tracker
 from vmm_exec.transports.local import report
@@ -31,7 +32,7 @@ def run_ssh(transport: Transport, tracker: Tracker, host: str, command: str, log
 
 def remote_script_command(command: str) -> str:
     """The ``-x`` guard of ``RemotesCommand``: exit 42 when the script is missing."""
-    words = command.split(" ")
+    words = split_words(command)
     script = words[0] if words else ""
     return (f'if [ -x "{script}" ]; then {command}; else'
             f'                              exit {MAGIC_RC}; fi')

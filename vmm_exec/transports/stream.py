@@ -41,8 +41,10 @@ class SshStream:
 
     def __init__(self, host: str, shell: str, opener: Opener, tracker: Tracker,
                  forward: bool = False,
-                 remote_killer: Optional[Callable[[int], None]] = None) -> None:
+                 remote_killer: Optional[Callable[[int], None]] = None,
+                 identify_timeout: Optional[float] = None) -> None:
         self.host = host
+        self._identify_timeout = identify_timeout
         # Given a remote process group id, kills it over another connection:
         # killing the local ssh client does not stop what runs on the host.
         self._remote_killer = remote_killer
@@ -64,24 +66,34 @@ class SshStream:
         self.timeout: Optional[float] = None
 
     # -- connection ---------------------------------------------------------
-    def open(self) -> None:
-        made = self._opener(self.host, self.shell, self.forward)
-        self._channel = ProcessChannel(self._tracker, made) if isinstance(made, list) else made
+    def open(self, identify_timeout: Optional[float] = None) -> None:
         self._ended = set()
         self.opened = True
-        self.alive = True
         self.out = b""
         self.err = b""
+        try:
+            made = self._opener(self.host, self.shell, self.forward)
+            self._channel = (ProcessChannel(self._tracker, made) if isinstance(made, list)
+                             else made)
+        except OSError as exc:
+            # like a client that could not start: the stream is dead from the outset
+            self.alive = False
+            self.err = (f"{exc.strerror or exc}\nExitSSHCode: 127\n"
+                        f"Error connecting to {self.host}").encode()
+            return
+        self.alive = True
         if self._remote_killer is not None:
-            self._identify()
+            self._identify(identify_timeout if identify_timeout is not None
+                           else self._identify_timeout)
 
-    def _identify(self) -> None:
+    def _identify(self, timeout: Optional[float]) -> None:
         """Learn the remote shell's process group, for killing it later.
 
-        A framed shell builtin: nothing runs on the host and nothing of it is
-        logged (the output is consumed here).
+        A framed ``cut`` of ``/proc/$$/stat``: no script runs and nothing of it
+        is logged (the output is consumed here).
         """
-        code = self.exec_and_wait("cut -d' ' -f5 /proc/$$/stat")
+        self.exec("cut -d' ' -f5 /proc/$$/stat")
+        code = self.wait_for_command(timeout)
         text = self.out.strip()
         if self.alive:
             # a dead stream keeps its error text for the command that follows
@@ -113,6 +125,7 @@ class SshStream:
             self._join_writer(CLOSE_GRACE)
             channel.send(b"\nexit\n")
         self.alive = False
+        self.remote_pgid = None  # the shell exits: its group id may be reused
         self._finish(channel)
 
     def kill(self) -> None:
@@ -252,7 +265,7 @@ class StreamCommand:
         if self.reconnect and self.stream.opened and not self.stream.alive:
             self.stream.reset()
         if not self.stream.opened:
-            self.stream.open()
+            self.stream.open(check_timeout if check_timeout is not None else self.timeout)
         if base_cmd is not None:
             script = re.match(r"\S*", base_cmd)
             target = script.group(0) if script else ""

@@ -1,0 +1,463 @@
+"""The scheduler: ActionManager's concurrency limit, VirtualMachineDriver's single-host
+mode, DRIVER_CANCEL, FINALIZE and the stop on stdin EOF. Every wait is bounded."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections import Counter
+from typing import Dict, Iterator, List, Optional, Set
+
+import pytest
+from helpers import process_alive, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmm_exec.scheduler import Job, Scheduler
+from vmm_exec.transports.base import Tracker
+
+WAIT = 5.0
+
+
+class FakeExecute:
+    """An ``execute`` that records start/stop and blocks until released (or cancelled)."""
+
+    def __init__(self, hosts: Dict[str, Optional[str]], spawn: bool = False) -> None:
+        self.hosts = hosts
+        self.spawn = spawn
+        self.lock = threading.Lock()
+        self.events: List[tuple] = []
+        self.running: Set[str] = set()
+        self.max_running = 0
+        self.max_per_host: Counter = Counter()
+        self.releases: Dict[str, threading.Event] = {}
+        self.procs: Dict[str, subprocess.Popen] = {}
+
+    def release_event(self, msg_id: str) -> threading.Event:
+        with self.lock:
+            return self.releases.setdefault(msg_id, threading.Event())
+
+    def release(self, *msg_ids: object) -> None:
+        for msg_id in msg_ids:
+            self.release_event(str(msg_id)).set()
+
+    def release_all(self) -> None:
+        with self.lock:
+            events = list(self.releases.values())
+        for event in events:
+            event.set()
+
+    def __call__(self, job: Job) -> None:
+        event = self.release_event(job.msg_id)
+        with self.lock:
+            self.events.append(("start", job.msg_id))
+            self.running.add(job.msg_id)
+            self.max_running = max(self.max_running, len(self.running))
+            host = self.hosts.get(job.msg_id)
+            if host:
+                same = sum(1 for other in self.running if self.hosts.get(other) == host)
+                self.max_per_host[host] = max(self.max_per_host[host], same)
+        try:
+            if self.spawn:
+                proc = job.tracker.spawn(["sleep", "30"])
+                with self.lock:
+                    self.procs[job.msg_id] = proc
+                try:
+                    proc.wait(WAIT * 2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                finally:
+                    job.tracker.release(proc)
+            else:
+                deadline = time.monotonic() + WAIT * 2
+                while not event.wait(0.01):
+                    if job.tracker.cancelled or time.monotonic() > deadline:
+                        break
+        finally:
+            with self.lock:
+                self.events.append(("stop", job.msg_id))
+                self.running.discard(job.msg_id)
+
+    def started(self) -> List[str]:
+        with self.lock:
+            return [msg_id for kind, msg_id in self.events if kind == "start"]
+
+    def stopped(self) -> List[str]:
+        with self.lock:
+            return [msg_id for kind, msg_id in self.events if kind == "stop"]
+
+    def wait_started(self, *msg_ids: object) -> None:
+        wanted = {str(m) for m in msg_ids}
+        wait_until(lambda: wanted <= set(self.started()), WAIT,
+                   what=f"start of {sorted(wanted)} (events {self.events})")
+
+    def wait_stopped(self, *msg_ids: object) -> None:
+        wanted = {str(m) for m in msg_ids}
+        wait_until(lambda: wanted <= set(self.stopped()), WAIT,
+                   what=f"stop of {sorted(wanted)} (events {self.events})")
+
+    def settle(self, seconds: float = 0.2) -> None:
+        """Give a wrongly dispatched job the chance to show up."""
+        time.sleep(seconds)
+
+
+def job(msg_id: object, action: str = "POLL") -> Job:
+    return Job(action, int(msg_id), str(msg_id), "")
+
+
+class Harness:
+    def __init__(self, concurrency: int, single_host: bool, hosts: Dict[object, Optional[str]],
+                 spawn: bool = False) -> None:
+        self.hosts = {str(k): v for k, v in hosts.items()}
+        self.fake = FakeExecute(self.hosts, spawn=spawn)
+        self.scheduler = Scheduler(concurrency, single_host, self.fake, self.host_of)
+        self.jobs: Dict[str, Job] = {}
+
+    def host_of(self, j: Job) -> Optional[str]:
+        host = self.hosts[j.msg_id]
+        if host == "RAISE":
+            raise ValueError("unreadable payload")
+        return host
+
+    def submit(self, *msg_ids: object) -> List[bool]:
+        results = []
+        for msg_id in msg_ids:
+            j = job(msg_id)
+            self.jobs[j.msg_id] = j
+            results.append(self.scheduler.submit(j))
+        return results
+
+
+@pytest.fixture
+def harnesses() -> Iterator[List[Harness]]:
+    made: List[Harness] = []
+    yield made
+    for harness in made:
+        harness.scheduler.stop_all(grace=0.5)
+        harness.fake.release_all()
+
+
+@pytest.fixture
+def make(harnesses: List[Harness]):  # noqa: ANN201
+    def factory(concurrency: int, single_host: bool, hosts: Dict[object, Optional[str]],
+                spawn: bool = False) -> Harness:
+        harness = Harness(concurrency, single_host, hosts, spawn)
+        harnesses.append(harness)
+        return harness
+    return factory
+
+
+# --------------------------------------------------------------------------------------
+# concurrency and single-host scheduling
+# --------------------------------------------------------------------------------------
+
+
+def test_concurrency_limit(make) -> None:  # noqa: ANN001
+    h = make(2, True, {i: f"h{i}" for i in range(1, 7)})
+    assert h.submit(1, 2, 3, 4, 5, 6) == [True] * 6
+    h.fake.wait_started(1, 2)
+    h.fake.settle()
+    assert h.fake.started() == ["1", "2"]
+    assert h.scheduler.running_count == 2
+    h.fake.release(1)
+    h.fake.wait_started(3)
+    h.fake.settle()
+    assert h.fake.started() == ["1", "2", "3"]
+    h.fake.release(2, 3, 4, 5, 6)
+    h.fake.wait_stopped(1, 2, 3, 4, 5, 6)
+    assert h.fake.max_running == 2
+    assert sorted(h.fake.started()) == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_concurrency_below_one_means_one(make) -> None:  # noqa: ANN001
+    h = make(0, False, {1: None, 2: None})
+    h.submit(1, 2)
+    h.fake.wait_started(1)
+    h.fake.settle()
+    assert h.fake.started() == ["1"]
+    h.fake.release(1, 2)
+    h.fake.wait_stopped(1, 2)
+
+
+def test_single_host_never_runs_two_jobs_of_a_host(make) -> None:  # noqa: ANN001
+    h = make(10, True, {1: "h1", 2: "h1", 3: "h2", 4: "h1", 5: "h3"})
+    h.submit(1, 2, 3, 4, 5)
+    h.fake.wait_started(1, 3, 5)
+    h.fake.settle()
+    assert set(h.fake.started()) == {"1", "3", "5"}
+    h.fake.release(1)
+    h.fake.wait_started(2)
+    h.fake.settle()
+    assert "4" not in h.fake.started()
+    h.fake.release(2)
+    h.fake.wait_started(4)
+    h.fake.release(3, 4, 5)
+    h.fake.wait_stopped(1, 2, 3, 4, 5)
+    assert h.fake.max_per_host["h1"] == 1
+    h1_order = [m for m in h.fake.started() if h.hosts[m] == "h1"]
+    assert h1_order == ["1", "2", "4"]
+
+
+def test_free_host_overtakes_blocked_job(make) -> None:  # noqa: ANN001
+    h = make(2, True, {1: "h1", 2: "h1", 3: "h2"})
+    h.submit(1, 2, 3)
+    h.fake.wait_started(1, 3)
+    h.fake.settle()
+    assert h.fake.started() == ["1", "3"]
+    h.fake.release(1, 2, 3)
+    h.fake.wait_stopped(1, 2, 3)
+    assert h.fake.started() == ["1", "3", "2"]
+
+
+def test_order_kept_otherwise(make) -> None:  # noqa: ANN001
+    h = make(1, True, {1: "a", 2: None, 3: "b", 4: "RAISE", 5: "c", 6: ""})
+    h.submit(1, 2, 3, 4, 5, 6)
+    for msg_id in ("1", "2", "3", "4", "5", "6"):
+        h.fake.wait_started(msg_id)
+        h.fake.release(msg_id)
+    h.fake.wait_stopped(1, 2, 3, 4, 5, 6)
+    assert h.fake.started() == ["1", "2", "3", "4", "5", "6"]
+    assert h.fake.max_running == 1
+
+
+def test_jobs_without_a_readable_host_are_unconstrained(make) -> None:  # noqa: ANN001
+    h = make(10, True, {1: None, 2: None, 3: "RAISE", 4: "RAISE", 5: ""})
+    h.submit(1, 2, 3, 4, 5)
+    h.fake.wait_started(1, 2, 3, 4, 5)
+    h.fake.release(1, 2, 3, 4, 5)
+    h.fake.wait_stopped(1, 2, 3, 4, 5)
+
+
+def test_parallel_mode_only_the_limit_applies(make) -> None:  # noqa: ANN001
+    h = make(3, False, {i: "h1" for i in range(1, 6)})
+    h.submit(1, 2, 3, 4, 5)
+    h.fake.wait_started(1, 2, 3)
+    h.fake.settle()
+    assert h.fake.started() == ["1", "2", "3"]
+    h.fake.release(2)
+    h.fake.wait_started(4)
+    h.fake.release(1, 3, 4, 5)
+    h.fake.wait_stopped(1, 2, 3, 4, 5)
+    assert h.fake.max_running == 3
+    assert h.fake.max_per_host["h1"] == 3
+
+
+# --------------------------------------------------------------------------------------
+# cancel
+# --------------------------------------------------------------------------------------
+
+
+def test_cancel_queued_job_removes_it(make) -> None:  # noqa: ANN001
+    h = make(1, True, {1: "h1", 2: "h2", 3: "h3"})
+    h.submit(1, 2, 3)
+    h.fake.wait_started(1)
+    cancelled = h.scheduler.cancel(2)
+    assert cancelled is h.jobs["2"]
+    assert not cancelled.gate.open
+    assert not cancelled.tracker.cancelled
+    assert h.scheduler.cancel(99) is None
+    h.fake.release(1)
+    h.fake.wait_started(3)
+    h.fake.release(3)
+    h.fake.wait_stopped(1, 3)
+    h.fake.settle()
+    assert "2" not in h.fake.started()
+    assert h.jobs["2"].thread is None
+
+
+def test_cancel_queued_job_of_a_blocked_host(make) -> None:  # noqa: ANN001
+    h = make(5, True, {1: "h1", 2: "h1", 3: "h1"})
+    h.submit(1, 2, 3)
+    h.fake.wait_started(1)
+    assert h.scheduler.cancel(2) is h.jobs["2"]
+    h.fake.release(1)
+    h.fake.wait_started(3)
+    h.fake.release(3)
+    h.fake.wait_stopped(1, 3)
+    assert h.fake.started() == ["1", "3"]
+
+
+def test_cancel_running_job_cancels_its_tracker_and_shuts_its_gate(make) -> None:  # noqa: ANN001
+    h = make(5, True, {1: "h1", 2: "h1"}, spawn=True)
+    h.submit(1, 2)
+    h.fake.wait_started(1)
+    wait_until(lambda: "1" in h.fake.procs, WAIT, what="sleep spawned")
+    proc = h.fake.procs["1"]
+    j1 = h.jobs["1"]
+    assert isinstance(j1.tracker, Tracker)
+    start = time.monotonic()
+    assert h.scheduler.cancel(1) is j1
+    assert time.monotonic() - start < 1.0  # the request loop is never held up
+    assert not j1.gate.open
+    wait_until(lambda: j1.tracker.cancelled, WAIT, what="tracker cancelled")
+    wait_until(lambda: proc.poll() is not None, WAIT, what="sleep killed")
+    assert not process_alive(proc.pid)
+    # the host is free again: job 2 runs (and is released by its own cancel)
+    h.fake.wait_started(2)
+    assert h.jobs["2"].gate.open and not h.jobs["2"].tracker.cancelled
+    h.scheduler.cancel(2)
+    h.fake.wait_stopped(1, 2)
+
+
+def test_cancel_running_job_with_a_plain_tracker(make) -> None:  # noqa: ANN001
+    h = make(1, True, {7: "h1", 8: "h2"})
+    h.submit(7, 8)
+    h.fake.wait_started(7)
+    j7 = h.jobs["7"]
+    h.scheduler.cancel(7)
+    assert not j7.gate.open
+    wait_until(lambda: j7.tracker.cancelled, WAIT, what="tracker cancelled")
+    h.fake.wait_stopped(7)
+    h.fake.wait_started(8)
+    h.fake.release(8)
+    h.fake.wait_stopped(8)
+
+
+# --------------------------------------------------------------------------------------
+# finalize and stop_all
+# --------------------------------------------------------------------------------------
+
+
+def test_finalize_waits_for_queued_and_running_jobs(make) -> None:  # noqa: ANN001
+    h = make(1, True, {1: "h1", 2: "h2", 3: "h3"})
+    assert h.scheduler.wait_finished(0.05) is False  # not finalizing yet
+    h.submit(1, 2)
+    h.fake.wait_started(1)
+    h.scheduler.finalize()
+    assert h.scheduler.finalizing
+    assert h.scheduler.wait_finished(0.2) is False
+    assert h.submit(3) == [False]
+    h.fake.release(1)
+    h.fake.wait_started(2)
+    assert h.scheduler.wait_finished(0.2) is False
+    h.fake.release(2)
+    assert h.scheduler.wait_finished(WAIT) is True
+    h.fake.settle(0.1)
+    assert h.fake.started() == ["1", "2"]
+    assert h.jobs["3"].thread is None
+
+
+def test_finalize_when_idle(make) -> None:  # noqa: ANN001
+    h = make(2, True, {})
+    h.scheduler.finalize()
+    assert h.scheduler.wait_finished(1.0) is True
+
+
+def test_finalize_from_another_thread_wakes_waiter(make) -> None:  # noqa: ANN001
+    h = make(2, True, {1: "h1"})
+    h.submit(1)
+    h.fake.wait_started(1)
+    h.scheduler.finalize()
+    result: List[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(h.scheduler.wait_finished(WAIT)))
+    waiter.start()
+    time.sleep(0.1)
+    h.fake.release(1)
+    waiter.join(WAIT + 1)
+    assert result == [True]
+
+
+def test_stop_all_cancels_everything(make) -> None:  # noqa: ANN001
+    h = make(2, True, {1: "h1", 2: "h2", 3: "h3", 4: "h1"}, spawn=True)
+    h.submit(1, 2, 3, 4)
+    h.fake.wait_started(1, 2)
+    wait_until(lambda: {"1", "2"} <= set(h.fake.procs), WAIT, what="sleeps spawned")
+    start = time.monotonic()
+    h.scheduler.stop_all(grace=0.5)
+    assert time.monotonic() - start < 4.0
+    for msg_id in ("1", "2", "3", "4"):
+        assert not h.jobs[msg_id].gate.open
+    assert h.jobs["1"].tracker.cancelled and h.jobs["2"].tracker.cancelled
+    for msg_id in ("1", "2"):
+        proc = h.fake.procs[msg_id]
+        wait_until(lambda p=proc: p.poll() is not None, WAIT, what="sleep killed")
+    h.fake.wait_stopped(1, 2)
+    assert h.scheduler.wait_finished(WAIT) is True
+    assert h.submit(5) == [False]
+    h.fake.settle()
+    assert sorted(h.fake.started()) == ["1", "2"]
+
+
+# --------------------------------------------------------------------------------------
+# the Ruby rule as a model
+# --------------------------------------------------------------------------------------
+
+
+class Model:
+    """ActionManager + get_first_runable_single_host, step by step."""
+
+    def __init__(self, limit: int, single_host: bool, hosts: Dict[str, Optional[str]]) -> None:
+        self.limit = max(1, limit)
+        self.single_host = single_host
+        self.hosts = hosts
+        self.queue: List[str] = []
+        self.running: List[str] = []
+
+    def _busy(self) -> Set[Optional[str]]:
+        return {self.hosts[j] for j in self.running if self.hosts[j]}
+
+    def _dispatch(self) -> None:
+        while len(self.running) < self.limit:
+            for index, candidate in enumerate(self.queue):
+                host = self.hosts[candidate]
+                if not self.single_host or not host or host not in self._busy():
+                    self.running.append(self.queue.pop(index))
+                    break
+            else:
+                return
+
+    def submit(self, msg_id: str) -> None:
+        self.queue.append(msg_id)
+        self._dispatch()
+
+    def finish(self, msg_id: str) -> None:
+        self.running.remove(msg_id)
+        self._dispatch()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.booleans(), st.data())
+def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
+                                          data: st.DataObject) -> None:
+    hosts: Dict[str, Optional[str]] = {}
+    fake = FakeExecute(hosts)
+    scheduler = Scheduler(limit, single_host, fake, lambda j: hosts[j.msg_id])
+    model = Model(limit, single_host, hosts)
+    jobs: Dict[str, Job] = {}
+    finished: Set[str] = set()
+
+    def dispatched() -> Set[str]:
+        return {m for m, j in jobs.items() if j.thread is not None} - finished
+
+    def finish(msg_id: str) -> None:
+        fake.release(msg_id)
+        thread = jobs[msg_id].thread
+        assert thread is not None
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        finished.add(msg_id)
+        model.finish(msg_id)
+
+    try:
+        for step in range(data.draw(st.integers(1, 20))):
+            if model.running and data.draw(st.booleans()):
+                finish(data.draw(st.sampled_from(sorted(model.running))))
+            else:
+                msg_id = str(step)
+                hosts[msg_id] = data.draw(st.sampled_from(["h1", "h2", "h3", None]))
+                jobs[msg_id] = job(msg_id)
+                assert scheduler.submit(jobs[msg_id])
+                model.submit(msg_id)
+            assert dispatched() == set(model.running)
+            assert len(model.running) <= limit
+        while model.running:
+            finish(model.running[0])
+            assert dispatched() == set(model.running)
+        assert not model.queue
+        scheduler.finalize()
+        assert scheduler.wait_finished(WAIT)
+    finally:
+        scheduler.stop_all(grace=0.2)
+        fake.release_all()

@@ -1,0 +1,891 @@
+"""The opt-in transport (``--transport paramiko``): SSH in process, over pooled connections.
+
+One connection per host is opened lazily and shared by every action and thread
+(an SSH connection multiplexes many channels); each command, stream or copy is
+a channel on it. Settings come from ``~/.ssh/config`` (``HOME`` decides where
+``~`` is): ``HostName``, ``Port``, ``User``, ``IdentityFile``,
+``IdentitiesOnly``, ``UserKnownHostsFile``, ``HostKeyAlias``,
+``ConnectTimeout`` and ``ProxyCommand``. Host keys must be in a known_hosts
+file (``~/.ssh/known_hosts``, the configured ``UserKnownHostsFile`` files and
+``/etc/ssh/ssh_known_hosts``): an unknown host is rejected, whatever
+``StrictHostKeyChecking`` says. Keys of a running ssh-agent are offered too.
+
+Stopping remote commands. Closing an SSH channel does not stop what it runs:
+sshd only closes the pipes of the command, and a ``sleep 300`` never notices.
+This transport therefore sends the SSH ``signal`` channel request (RFC 4254
+6.9): OpenSSH's sshd (7.9 and later, with privilege separation, i.e. for every
+user but root) answers it with ``killpg()`` of the session's process group,
+which is the remote shell and everything it started (sshd starts each session
+in a session of its own, and a non-interactive shell keeps its children in its
+group). The request asks for a reply, so a refusal is known at once: TERM,
+then KILL after a grace period if the channel is still open, then the channel
+is closed. Nothing is added to what the command reads or writes. Where the
+server refuses the request (root logins, other servers, forced commands), the
+channel is only closed; the stream's own mechanism (its remote process group
+learned by a framed command, killed over another channel by
+:meth:`ParamikoTransport.kill_remote`) still applies in default mode.
+
+Connection failures are reported like the ``ssh`` binary: exit status 255 and
+its message on stderr (``ssh: connect to host H port P: Connection refused``),
+so logs look the same whichever transport runs.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import posixpath
+import socket
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
+
+import paramiko
+from paramiko.agent import AgentRequestHandler
+from paramiko.common import cMSG_CHANNEL_REQUEST
+from paramiko.message import Message
+
+from vmm_exec.transports.base import Cancelled, Execution, Tracker, decode, encode
+from vmm_exec.transports.channel import ERR, OUT, Channel
+from vmm_exec.transports.local import DRAIN_GRACE, TERM_GRACE
+from vmm_exec.transports.openssh import remote_kill_command
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+OPEN_TIMEOUT = 30.0
+KEEPALIVE_INTERVAL = 30
+# sshd's default MaxSessions is 10: beyond this many channels, another connection
+MAX_CHANNELS = 8
+READ_SIZE = 65536
+# how long a signal request waits for the server's answer
+REPLY_TIMEOUT = 5.0
+# after TERM (stream or cancellation), how long before KILL
+KILL_GRACE = 2.0
+# how long release() lets the remote shell exit after EOF before killing it
+CLOSE_GRACE = 2.0
+POLL = 0.05
+KNOWN_HOSTS_GLOBAL = "/etc/ssh/ssh_known_hosts"
+
+
+class ConnectFailure(Exception):
+    """No usable connection; ``message`` is what the ssh binary would print."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------
+# ~/.ssh/config
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class HostSettings:
+    """What ``~/.ssh/config`` says about one host, as used to connect."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: List[str] = field(default_factory=list)
+    known_hosts: List[str] = field(default_factory=list)
+    host_key_alias: Optional[str] = None
+    proxy_command: Optional[str] = None
+    proxy_jump: Optional[str] = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    identities_only: bool = False
+
+    @property
+    def host_key_name(self) -> str:
+        """The name looked up in known_hosts (``[host]:port`` off port 22, as OpenSSH)."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def _yes(value: Any) -> bool:
+    return str(value).strip().lower() in ("yes", "true", "on")
+
+
+def _words(value: Any) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return str(value).split()
+
+
+def host_settings(host: str) -> HostSettings:
+    """Look ``host`` up in ``$HOME/.ssh/config`` (missing file: defaults)."""
+    home = os.path.expanduser("~")
+    path = os.path.join(home, ".ssh", "config")
+    config = paramiko.SSHConfig()
+    if os.path.isfile(path):
+        config = paramiko.SSHConfig.from_path(path)
+    options: Dict[str, Any] = dict(config.lookup(host))
+    hostname = str(options.get("hostname") or host)
+    try:
+        port = int(options.get("port") or 22)
+    except ValueError:
+        port = 22
+    identities = [os.path.expanduser(p) for p in _words(options.get("identityfile"))]
+    known = [os.path.join(home, ".ssh", "known_hosts")]
+    for name in _words(options.get("userknownhostsfile")):
+        name = os.path.expanduser(name)
+        if name not in known:
+            known.append(name)
+    for name in _words(options.get("globalknownhostsfile")) or [KNOWN_HOSTS_GLOBAL]:
+        name = os.path.expanduser(name)
+        if name not in known:
+            known.append(name)
+    try:
+        timeout = float(options.get("connecttimeout") or DEFAULT_CONNECT_TIMEOUT)
+    except ValueError:
+        timeout = DEFAULT_CONNECT_TIMEOUT
+    proxy = options.get("proxycommand")
+    jump = options.get("proxyjump")
+    return HostSettings(
+        alias=host, hostname=hostname, port=port,
+        user=str(options.get("user") or getpass.getuser()),
+        identity_files=identities, known_hosts=known,
+        host_key_alias=options.get("hostkeyalias") or None,
+        proxy_command=None if proxy in (None, "", "none") else str(proxy),
+        proxy_jump=None if jump in (None, "", "none") else str(jump),
+        connect_timeout=timeout,
+        identities_only=_yes(options.get("identitiesonly", "no")))
+
+
+# --------------------------------------------------------------------------------------
+# connecting
+# --------------------------------------------------------------------------------------
+
+_KEY_NAMES = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA", "ssh-dss": "DSA"}
+
+
+def _key_type(name: str) -> str:
+    if name.startswith("ecdsa-"):
+        return "ECDSA"
+    return _KEY_NAMES.get(name, name.upper())
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    def __init__(self, name: str, key_type: str) -> None:
+        super().__init__(f"unknown host key for {name}")
+        self.name = name
+        self.key_type = key_type
+
+
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+    """``RejectPolicy`` that remembers what was rejected, for OpenSSH's message."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(hostname, _key_type(key.get_name()))
+
+
+def _line(text: str) -> str:
+    """The ssh binary ends its messages with CR LF."""
+    return text + "\r\n"
+
+
+def _socket_error(settings: HostSettings, exc: BaseException) -> str:
+    where = f"ssh: connect to host {settings.hostname} port {settings.port}"
+    if isinstance(exc, socket.gaierror):
+        return _line(f"ssh: Could not resolve hostname {settings.hostname}: "
+                     f"{exc.strerror or exc}")
+    if isinstance(exc, socket.timeout):
+        return _line(f"{where}: Connection timed out")
+    if isinstance(exc, OSError) and exc.strerror:
+        return _line(f"{where}: {exc.strerror}")
+    return _line(f"{where}: {exc}")
+
+
+def _connect_error(settings: HostSettings, exc: BaseException) -> str:
+    """The ssh binary's words for a failed connection."""
+    if isinstance(exc, _UnknownHostKey):
+        return (_line(f"No {exc.key_type} host key is known for {exc.name} and you have "
+                      "requested strict checking.") + _line("Host key verification failed."))
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (_line("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@")
+                + _line("@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @")
+                + _line("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@")
+                + _line(f"Host key for {exc.hostname} has changed and you have requested "
+                        "strict checking.")
+                + _line("Host key verification failed."))
+    if isinstance(exc, paramiko.BadAuthenticationType):
+        allowed = ",".join(exc.allowed_types) or "publickey"
+        return _line(f"{settings.user}@{settings.hostname}: Permission denied ({allowed}).")
+    if isinstance(exc, paramiko.AuthenticationException) or (
+            isinstance(exc, paramiko.SSHException)
+            and "No authentication methods available" in str(exc)):
+        return _line(f"{settings.user}@{settings.hostname}: Permission denied (publickey).")
+    if isinstance(exc, (EOFError, paramiko.SSHException)):
+        return _line(f"Connection closed by {settings.hostname} port {settings.port}"
+                     + (f" ({exc})" if str(exc) else ""))
+    return _socket_error(settings, exc)
+
+
+def _open_socket(settings: HostSettings) -> Any:
+    if settings.proxy_command is not None:
+        return paramiko.ProxyCommand(settings.proxy_command)
+    sock = socket.create_connection((settings.hostname, settings.port),
+                                    timeout=settings.connect_timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def connect(settings: HostSettings) -> paramiko.SSHClient:
+    """A new authenticated connection, or :class:`ConnectFailure` with ssh's message."""
+    if settings.proxy_jump is not None:
+        raise ConnectFailure(_line(f"ssh: {settings.alias}: ProxyJump is not supported by the "
+                                   "paramiko transport (use ProxyCommand)"))
+    try:
+        sock = _open_socket(settings)
+    except (OSError, paramiko.SSHException) as exc:
+        raise ConnectFailure(_socket_error(settings, exc)) from None
+    client = paramiko.SSHClient()
+    keys = client.get_host_keys()
+    for path in settings.known_hosts:
+        if os.path.isfile(path):
+            try:
+                keys.load(path)
+            except (OSError, paramiko.SSHException, ValueError):
+                pass
+    if settings.host_key_alias:
+        for key_type, key in (keys.lookup(settings.host_key_alias) or {}).items():
+            keys.add(settings.host_key_name, key_type, key)
+    client.set_missing_host_key_policy(_RejectUnknown())
+    identities = [p for p in settings.identity_files if os.path.isfile(p)]
+    agent = bool(os.environ.get("SSH_AUTH_SOCK")) and not settings.identities_only
+    try:
+        client.connect(settings.hostname, port=settings.port, username=settings.user,
+                       key_filename=cast(Any, identities or None),
+                       look_for_keys=not settings.identity_files, allow_agent=agent,
+                       sock=sock, timeout=settings.connect_timeout,
+                       banner_timeout=settings.connect_timeout,
+                       auth_timeout=settings.connect_timeout)
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        client.close()
+        try:
+            sock.close()
+        except OSError:
+            pass
+        raise ConnectFailure(_connect_error(settings, exc)) from None
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(KEEPALIVE_INTERVAL)
+    return client
+
+
+class _Connection:
+    """A connection and the channels this process has open on it."""
+
+    def __init__(self, client: paramiko.SSHClient, settings: HostSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.channels = 0
+        self.capacity = MAX_CHANNELS
+
+    @property
+    def transport(self) -> Optional[paramiko.Transport]:
+        return self.client.get_transport()
+
+    def alive(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+# --------------------------------------------------------------------------------------
+# remote signals and reading a channel
+# --------------------------------------------------------------------------------------
+
+def send_signal(chan: paramiko.Channel, name: str, timeout: float = REPLY_TIMEOUT) -> bool:
+    """The SSH ``signal`` request; True when the server says it delivered it.
+
+    OpenSSH's sshd answers with ``killpg`` of the session (the remote command
+    and its process group). paramiko has no API for it, so the request is
+    built here; a refusal makes paramiko close the channel.
+    """
+    transport = chan.get_transport()
+    if chan.closed or transport is None or not transport.is_active():
+        return False
+    message = Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(chan.remote_chanid)
+    message.add_string("signal")
+    message.add_boolean(True)
+    message.add_string(name)
+    chan.event.clear()
+    chan.event_ready = False
+    try:
+        transport._send_user_message(message)  # type: ignore[attr-defined]  # no public API
+    except (OSError, EOFError, paramiko.SSHException):
+        return False
+    chan.event.wait(timeout)
+    return bool(chan.event_ready)
+
+
+def wait_closed(chan: paramiko.Channel, timeout: float) -> bool:
+    """Wait until the server closed the channel (command over, output drained)."""
+    deadline = time.monotonic() + timeout
+    while not chan.closed:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not chan.status_event.is_set():
+            chan.status_event.wait(min(left, 0.5))
+        else:
+            time.sleep(min(left, POLL))
+    return True
+
+
+def stop_remote(chan: paramiko.Channel, grace: float) -> bool:
+    """Kill what ``chan`` runs on the host (TERM, KILL after ``grace``), then close it.
+
+    Returns whether the server accepted the signal.
+    """
+    delivered = False
+    if not chan.closed and send_signal(chan, "TERM"):
+        delivered = True
+        if not wait_closed(chan, grace) and send_signal(chan, "KILL"):
+            wait_closed(chan, 1.0)
+    try:
+        chan.close()
+    except Exception:  # noqa: BLE001 - the connection may be gone already
+        pass
+    return delivered
+
+
+class _Reader:
+    """Non-blocking reads of a channel's stdout and stderr, woken by paramiko's buffers.
+
+    Both buffers share one event that paramiko sets when data (or the end)
+    arrives, so waiting costs nothing and never spins.
+    """
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.ready = threading.Event()
+        chan.in_buffer.set_event(self.ready)
+        chan.in_stderr_buffer.set_event(self.ready)
+        self.ended: Set[str] = set()
+
+    @property
+    def done(self) -> bool:
+        return len(self.ended) == 2
+
+    def poll(self, timeout: float) -> List[Tuple[str, bytes]]:
+        if self.done:
+            return []
+        chunks = self._available()
+        if chunks:
+            return chunks
+        self.ready.wait(timeout)
+        return self._available()
+
+    def _pending(self) -> bool:
+        return self.chan.recv_ready() or self.chan.recv_stderr_ready()
+
+    def _available(self) -> List[Tuple[str, bytes]]:
+        chan = self.chan
+        # seen before reading: whatever came before the end is in the buffers now
+        ended = bool(chan.eof_received) or chan.closed
+        chunks: List[Tuple[str, bytes]] = []
+        for _ in range(32):
+            got = False
+            if chan.recv_ready():
+                data = chan.recv(READ_SIZE)
+                if data:
+                    chunks.append((OUT, data))
+                    got = True
+            if chan.recv_stderr_ready():
+                data = chan.recv_stderr(READ_SIZE)
+                if data:
+                    chunks.append((ERR, data))
+                    got = True
+            if not got:
+                break
+        if ended and not self._pending():
+            for name in (OUT, ERR):
+                if name not in self.ended:
+                    self.ended.add(name)
+                    chunks.append((name, b""))
+        return chunks
+
+
+def _lost(chan: paramiko.Channel) -> bool:
+    """The connection died under the channel (no EOF: sshd always sends one)."""
+    return chan.closed and not chan.eof_received
+
+
+def _status(chan: paramiko.Channel) -> int:
+    """The ssh binary's exit status: the command's, or 255 (signal, lost connection)."""
+    code = chan.exit_status
+    return code if code >= 0 else 255
+
+
+# --------------------------------------------------------------------------------------
+# the stream channel
+# --------------------------------------------------------------------------------------
+
+class ParamikoChannel:
+    """A :class:`~vmm_exec.transports.channel.Channel` over an SSH session channel."""
+
+    def __init__(self, owner: ParamikoTransport, conn: _Connection, chan: paramiko.Channel,
+                 dedicated: bool = False,
+                 agent: Optional[AgentRequestHandler] = None) -> None:
+        self._owner = owner
+        self._conn = conn
+        self.chan = chan
+        self._dedicated = dedicated
+        self._agent = agent
+        self._reader = _Reader(chan)
+        self._lock = threading.Lock()
+        self._terminated = False
+        self._released = False
+        self._reported_loss = False
+        self.signalled: Optional[bool] = None
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the channel is gone; the reader will see it
+
+    def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
+        if self._reader.done:
+            wait_closed(self.chan, timeout)
+            return []
+        chunks = self._reader.poll(timeout)
+        if self._reader.done and not self._reported_loss and not self._terminated:
+            wait_closed(self.chan, 0.2)
+            if _lost(self.chan):
+                # what the ssh binary prints when the server goes away
+                self._reported_loss = True
+                message = f"Connection to {self._conn.settings.hostname} closed by remote host."
+                chunks.insert(len(chunks) - 1, (ERR, encode(_line(message))))
+        return chunks
+
+    def exit_status(self) -> Optional[int]:
+        return _status(self.chan) if self.chan.closed else None
+
+    def wait(self, timeout: float) -> Optional[int]:
+        wait_closed(self.chan, timeout)
+        return self.exit_status()
+
+    def close_input(self) -> None:
+        try:
+            self.chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def terminate(self) -> None:
+        """Kill the remote shell's process group (SSH signal), then close the channel."""
+        with self._lock:
+            if self._terminated:
+                return
+            self._terminated = True
+        self.signalled = stop_remote(self.chan, KILL_GRACE)
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if not self.chan.closed:
+            self.close_input()
+            if not wait_closed(self.chan, CLOSE_GRACE):
+                self.terminate()
+        try:
+            self.chan.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._agent is not None:
+            try:
+                self._agent.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._dedicated:
+            self._owner._drop_dedicated(self._conn)
+        else:
+            self._owner._unreserve(self._conn)
+
+
+class _FailedChannel:
+    """The stream's view of a connection that could not be made: ssh's message, 255."""
+
+    def __init__(self, message: str) -> None:
+        self._pending: List[Tuple[str, bytes]] = [(ERR, encode(message)), (OUT, b""),
+                                                   (ERR, b"")]
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
+        chunks, self._pending = self._pending, []
+        return chunks
+
+    def exit_status(self) -> Optional[int]:
+        return 255
+
+    def wait(self, timeout: float) -> Optional[int]:
+        return 255
+
+    def close_input(self) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# the transport
+# --------------------------------------------------------------------------------------
+
+class ParamikoTransport:
+    """SSH through paramiko: pooled connections, channels per command."""
+
+    name = "paramiko"
+
+    def __init__(self, settings: Callable[[str], HostSettings] = host_settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._host_locks: Dict[str, threading.Lock] = {}
+        self._pool: Dict[str, List[_Connection]] = {}
+        self._dedicated: Set[_Connection] = set()
+
+    # -- the pool -----------------------------------------------------------
+    def _host_lock(self, host: str) -> threading.Lock:
+        with self._lock:
+            return self._host_locks.setdefault(host, threading.Lock())
+
+    def _connect(self, host: str) -> _Connection:
+        settings = self._settings(host)
+        return _Connection(connect(settings), settings)
+
+    def _reserve(self, host: str) -> _Connection:
+        """A live pooled connection with room for one more channel (counted)."""
+        with self._host_lock(host):
+            with self._lock:
+                conns = self._pool.setdefault(host, [])
+                for conn in [c for c in conns if not c.alive()]:
+                    conns.remove(conn)
+                    conn.close()
+                for conn in conns:
+                    if conn.channels < conn.capacity:
+                        conn.channels += 1
+                        return conn
+            conn = self._connect(host)
+            with self._lock:
+                conn.channels = 1
+                self._pool.setdefault(host, []).append(conn)
+            return conn
+
+    def _unreserve(self, conn: _Connection) -> None:
+        with self._lock:
+            conn.channels = max(0, conn.channels - 1)
+            conns = self._pool.get(conn.settings.alias, [])
+            # extra connections (opened when the first was full) go once idle
+            if conn.channels == 0 and conn in conns and conns.index(conn) > 0:
+                conns.remove(conn)
+                conn.close()
+
+    def _open_session(self, conn: _Connection) -> paramiko.Channel:
+        transport = conn.transport
+        if transport is None:
+            raise paramiko.SSHException("not connected")
+        return transport.open_session(timeout=OPEN_TIMEOUT)
+
+    def _open(self, host: str) -> Tuple[_Connection, paramiko.Channel]:
+        """A session channel on a pooled connection (reconnecting once if it died)."""
+        failure = ""
+        for _ in range(3):
+            conn = self._reserve(host)
+            try:
+                return conn, self._open_session(conn)
+            except paramiko.ChannelException as exc:
+                # MaxSessions reached: this connection is full
+                with self._lock:
+                    conn.channels = max(0, conn.channels - 1)
+                    conn.capacity = max(1, conn.channels)
+                failure = f"channel: open failed: {exc.text}"
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                with self._lock:
+                    conn.channels = max(0, conn.channels - 1)
+                conn.close()
+                failure = f"Connection to {conn.settings.hostname} closed: {exc}"
+        raise ConnectFailure(_line(failure))
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [c for cs in self._pool.values() for c in cs] + list(self._dedicated)
+            self._pool.clear()
+            self._dedicated.clear()
+        for conn in conns:
+            conn.close()
+
+    # -- streams ------------------------------------------------------------
+    def open_stream(self, tracker: Tracker, host: str, shell: str,
+                    forward: bool) -> Channel:
+        tracker.check()
+        agent: Optional[AgentRequestHandler] = None
+        try:
+            if forward:
+                # like ``ssh -o ForwardAgent=yes -o ControlMaster=no``: a connection
+                # of its own (sshd grants agent forwarding once per connection, and
+                # the pooled one must not expose the agent to other actions)
+                conn = self._connect(host)
+                with self._lock:
+                    self._dedicated.add(conn)
+                try:
+                    chan = self._open_session(conn)
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    self._drop_dedicated(conn)
+                    raise ConnectFailure(_line(f"channel: open failed: {exc}")) from None
+            else:
+                conn, chan = self._open(host)
+        except ConnectFailure as exc:
+            return _FailedChannel(exc.message)
+        try:
+            if forward and os.environ.get("SSH_AUTH_SOCK"):
+                agent = AgentRequestHandler(chan)
+            chan.exec_command(f"{shell} -s")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            try:
+                chan.close()
+            except Exception:  # noqa: BLE001
+                pass
+            if forward:
+                self._drop_dedicated(conn)
+            else:
+                self._unreserve(conn)
+            return _FailedChannel(_line(f"exec request failed on channel: {exc}"))
+        channel = ParamikoChannel(self, conn, chan, dedicated=forward, agent=agent)
+        tracker.on_kill(channel.terminate)
+        if tracker.cancelled:
+            channel.terminate()
+            channel.release()
+            raise Cancelled()
+        return channel
+
+    def _drop_dedicated(self, conn: _Connection) -> None:
+        with self._lock:
+            self._dedicated.discard(conn)
+        conn.close()
+
+    # -- one-shot commands --------------------------------------------------
+    def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+            timeout: Optional[float]) -> Execution:
+        tracker.check()
+        try:
+            conn, chan = self._open(host)
+        except ConnectFailure as exc:
+            tracker.check()
+            return Execution(command, 255, "", exc.message)
+        try:
+            result = self._execute(tracker, conn, chan, command, stdin, timeout)
+        finally:
+            try:
+                chan.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._unreserve(conn)
+        if tracker.cancelled:
+            raise Cancelled()
+        return result
+
+    def _execute(self, tracker: Tracker, conn: _Connection, chan: paramiko.Channel,
+                 command: str, stdin: Optional[str], timeout: Optional[float]) -> Execution:
+        reader = _Reader(chan)
+        out: List[bytes] = []
+        err: List[bytes] = []
+        def kill() -> None:
+            stop_remote(chan, KILL_GRACE)
+
+        tracker.on_kill(kill)
+        if tracker.cancelled:
+            stop_remote(chan, KILL_GRACE)
+            raise Cancelled()
+        try:
+            chan.exec_command(command)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            return Execution(command, 255, "", _line(f"exec request failed on channel: {exc}"))
+        if stdin is None:
+            _shutdown_write(chan)  # ssh -n
+        else:
+            threading.Thread(target=_feed, args=(chan, encode(stdin)), daemon=True).start()
+
+        def collect(wait: float) -> None:
+            for name, data in reader.poll(wait):
+                (out if name == OUT else err).append(data)
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = False
+        # the command is over when its exit status (or the channel's end) arrives
+        while not chan.status_event.is_set() and not tracker.cancelled:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                timed_out = True
+                break
+            collect(0.2 if left is None else min(0.2, left))
+        if timed_out or tracker.cancelled:
+            stop_remote(chan, TERM_GRACE if timed_out else KILL_GRACE)
+        # output still held open by children it left behind: a short grace only
+        drain_until = time.monotonic() + DRAIN_GRACE
+        while not reader.done and time.monotonic() < drain_until:
+            collect(max(0.0, min(0.2, drain_until - time.monotonic())))
+        collect(0.0)
+        code = _status(chan) if chan.status_event.is_set() else 255
+        if _lost(chan) and not (timed_out or tracker.cancelled):
+            err.append(encode(_line(f"Connection to {conn.settings.hostname} "
+                                    "closed by remote host.")))
+        return Execution(command, code, decode(b"".join(out)), decode(b"".join(err)), timed_out)
+
+    def kill_remote(self, host: str, pgid: int) -> None:
+        """TERM, then KILL, a process group on ``host`` (a channel of the pooled connection)."""
+        try:
+            self.run(Tracker(), host, remote_kill_command(pgid), None, 15.0)
+        except Exception:  # noqa: BLE001 - killing is best effort
+            pass
+
+    # -- remotes copy ---------------------------------------------------------
+    def copy_remotes(self, tracker: Tracker, host: str, local_dir: str, remote_dir: str,
+                     timeout: Optional[float]) -> Execution:
+        """``scp -rp LOCAL/* HOST:DIR`` over SFTP: contents, modes and times."""
+        shown = f"sftp put -r {local_dir}/* {host}:{remote_dir}"
+        tracker.check()
+        try:
+            conn, chan = self._open(host)
+        except ConnectFailure as exc:
+            tracker.check()
+            return Execution(shown, 255, "", exc.message)
+        stopped = threading.Event()
+
+        def stop() -> None:
+            stopped.set()
+            try:
+                chan.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+        tracker.on_kill(stop)
+        timer = threading.Timer(timeout, stop) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        errors: List[str] = []
+        try:
+            if tracker.cancelled:
+                raise Cancelled()
+            chan.invoke_subsystem("sftp")
+            sftp = paramiko.SFTPClient(chan)
+            _Copier(sftp, tracker, errors).run(local_dir, remote_dir or ".")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if not stopped.is_set():
+                errors.append(f"sftp: {host}: lost connection ({exc})")
+        finally:
+            if timer is not None:
+                timer.cancel()
+            try:
+                chan.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._unreserve(conn)
+        if tracker.cancelled:
+            raise Cancelled()
+        if stopped.is_set():
+            return Execution(shown, 255, "", "".join(_line(e) for e in errors), timed_out=True)
+        return Execution(shown, 1 if errors else 0, "", "".join(_line(e) for e in errors))
+
+
+def _shutdown_write(chan: paramiko.Channel) -> None:
+    try:
+        chan.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def _feed(chan: paramiko.Channel, data: bytes) -> None:
+    try:
+        if data:
+            chan.sendall(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # the command does not read its input, or the channel is gone
+    finally:
+        _shutdown_write(chan)
+
+
+class _Copier:
+    """The recursive copy of ``scp -rp``; errors are collected and the copy goes on."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, tracker: Tracker, errors: List[str]) -> None:
+        self.sftp = sftp
+        self.tracker = tracker
+        self.errors = errors
+
+    def run(self, local_dir: str, remote_dir: str) -> None:
+        try:
+            # the shell glob LOCAL/*: no dot files at the top
+            names = sorted(n for n in os.listdir(local_dir) if not n.startswith("."))
+        except OSError as exc:
+            self.errors.append(f"sftp: {local_dir}: {exc.strerror}")
+            return
+        if not names:
+            self.errors.append(f"sftp: {local_dir}/*: No such file or directory")
+            return
+        self._makedirs(remote_dir)
+        for name in names:
+            self._put(os.path.join(local_dir, name), posixpath.join(remote_dir, name))
+
+    def _makedirs(self, path: str) -> None:
+        """``mkdir -p`` (update_remotes does one first; a direct call may not)."""
+        if self._is_dir(path):
+            return
+        parent = posixpath.dirname(path.rstrip("/"))
+        if parent and parent != path:
+            self._makedirs(parent)
+        try:
+            self.sftp.mkdir(path)
+        except OSError:
+            pass  # reported by the puts that follow
+
+    def _is_dir(self, path: str) -> bool:
+        try:
+            mode = self.sftp.stat(path).st_mode
+        except OSError:
+            return False
+        return mode is not None and stat.S_ISDIR(mode)
+
+    def _put(self, local: str, remote: str) -> None:
+        self.tracker.check()
+        try:
+            st = os.stat(local)  # symlinks are followed, as scp -r does
+        except OSError as exc:
+            self.errors.append(f"sftp: {local}: {exc.strerror}")
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                if not self._is_dir(remote):
+                    self.sftp.mkdir(remote, mode | 0o700)
+                for name in sorted(os.listdir(local)):
+                    self._put(os.path.join(local, name), posixpath.join(remote, name))
+            elif stat.S_ISREG(st.st_mode):
+                self.sftp.put(local, remote, confirm=False)
+            else:
+                self.errors.append(f"sftp: {local}: not a regular file")
+                return
+            self.sftp.chmod(remote, mode)
+            self.sftp.utime(remote, (st.st_atime, st.st_mtime))
+        except OSError as exc:
+            if self.sftp.sock.closed:
+                raise  # the connection is gone: the whole copy failed
+            self.errors.append(f"sftp: {remote}: {exc.strerror or exc}")
