@@ -329,6 +329,46 @@ def test_scripts_run_in_var_location_like_the_wrapper(tmp_path: Path) -> None:
         assert answer.info == f"STATE=a CWD={one / 'var'}"
 
 
+def _nice_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        data = handle.read()
+    return int(data[data.rfind(b")") + 2:].split()[16])
+
+
+@pytest.mark.parametrize("env_priority, defaultrc, increment", [
+    (None, None, 19),       # madcommon.sh: PRIORITY defaults to 19
+    ("0", None, 0),
+    (None, "PRIORITY=5\n", 5),
+])
+def test_priority_like_the_wrapper(tmp_path: Path, env_priority: object, defaultrc: object,
+                                   increment: int) -> None:
+    one = make_one_location(tmp_path)
+    if defaultrc is not None:
+        (one / "etc" / "defaultrc").write_text(str(defaultrc))
+    env = driver_env(one, tmp_path / "ctrl")
+    env.pop("PRIORITY", None)
+    if env_priority is not None:
+        env["PRIORITY"] = str(env_priority)
+    own = os.nice(0)
+    with SimulatedOned(["kvm"], env=env, cwd=tmp_path).start() as driver:
+        assert driver.pid is not None
+        assert _nice_of(driver.pid) == min(own + increment, 19)
+
+
+def test_debug_log_receives_diagnostics(tmp_path: Path) -> None:
+    one = make_one_location(tmp_path)
+    env = driver_env(one, tmp_path / "ctrl", ONE_MAD_DEBUG="1")
+    with SimulatedOned(["-t", "2", "kvm"], env=env, cwd=tmp_path).start() as driver:
+        driver.send_raw(" malformed line")
+        driver.send_raw("NOSUCH  1 x")
+        assert driver.finalize(timeout=10) == 0
+        assert driver.lines == ["INIT SUCCESS - -"]
+    logs = list((one / "var").glob("*.log"))
+    assert len(logs) == 1, logs
+    text = logs[0].read_text()
+    assert "Malformed" in text and "NOSUCH" in text
+
+
 # --------------------------------------------------------------------------------------
 # entry points
 # --------------------------------------------------------------------------------------
