@@ -106,10 +106,6 @@ def test_getopt_long_rejects(words: List[str]) -> None:
         getopt_long(words)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: GetoptLong takes the next word as an optional argument unless it matches "
-    "/\\A-./, so a lone '-' is taken ('-r - kvm' → retries '-', hypervisor kvm); "
-    "getopt_long leaves '-' as an operand and the hypervisor becomes '-'"))
 def test_getopt_long_optional_argument_may_be_a_lone_dash() -> None:
     args = getopt_long(["-r", "-", "kvm"])
     assert args.options == [("retries", "-")]
@@ -278,11 +274,6 @@ def test_wrapper_environment_sources_defaultrc_then_vmm_execrc(tmp_path: Path) -
     assert environ["RC_Y"] == "from-default+vmm"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: madcommon.sh's export_rc_vars sources the rc file in the wrapper shell, so a "
-    "variable the rc file exports itself ('export NAME=value', or an indented assignment "
-    "to a variable that is already in the environment) reaches the driver; "
-    "source_rc_file only exports names assigned at the very start of a line"))
 @pytest.mark.parametrize("rc_text, name, value", [
     ("export RC_EXPORTED=yes\n", "RC_EXPORTED", "yes"),
     ("if true; then\n    RC_PRESET=changed\nfi\n", "RC_PRESET", "changed"),
@@ -314,11 +305,6 @@ def test_rc_files_reach_the_scripts_of_the_real_driver(tmp_path: Path) -> None:
         assert answer.info == "STATE=a execrc+option"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the bash wrapper (src/vmm_mad/exec/one_vmm_exec) does 'cd $VAR_LOCATION' "
-    "($ONE_LOCATION/var, or /var/lib/one) before starting the driver, so local scripts "
-    "(-l actions, tm, ds) run there; one-vmm-exec never changes directory and its "
-    "scripts inherit whatever directory oned started it in"))
 def test_scripts_run_in_var_location_like_the_wrapper(tmp_path: Path) -> None:
     one = make_one_location(tmp_path, scripts={"poll": '#!/bin/sh\necho "STATE=a CWD=$(pwd)"\n'})
     env = driver_env(one, tmp_path / "ctrl")
@@ -430,22 +416,15 @@ def test_help_through_oned_style_argv(tmp_path: Path) -> None:
         assert "--threads" in "\n".join(driver.lines)
 
 
-EMPTY_ARGUMENTS_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: oned passes an empty ARGUMENTS as one empty argv element; the bash wrapper's "
-    "unquoted $* drops it and the Ruby driver exits 255 (no hypervisor), but "
-    "split_oned_argv(['']) returns [''] so the driver starts with hypervisor ''"))
-
-
 def test_split_oned_argv_empty_arguments_give_no_words() -> None:
     assert split_oned_argv(["   "]) == []
 
 
-@EMPTY_ARGUMENTS_BUG
 def test_split_oned_argv_empty_string() -> None:
     assert split_oned_argv([""]) == []
 
 
-@pytest.mark.parametrize("args", ["-t 15", "-t 15 -p", pytest.param("", marks=EMPTY_ARGUMENTS_BUG),
+@pytest.mark.parametrize("args", ["-t 15", "-t 15 -p", "",
                                   " ", "-x kvm", "--bogus kvm", "--t 3 kvm",
                                   "-t 2 --compat nope kvm", "kvm -l"])
 def test_bad_command_line_exits_255_without_stdout(tmp_path: Path, args: str) -> None:

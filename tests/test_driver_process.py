@@ -398,15 +398,10 @@ def test_finalize_lets_work_in_flight_finish(world: SimpleNamespace) -> None:
     assert_protocol_only(driver)
 
 
-SHUTDOWN_ABORT_BUG = (
-    "BUG: driver.run() returns while the daemon reader thread is blocked in "
-    "sys.stdin.buffer.readline() (stdin is still open after FINALIZE or SIGTERM); at "
-    "interpreter shutdown CPython cannot take the stdin BufferedReader lock and aborts "
-    "('Fatal Python error: _enter_buffered_busy ... possibly due to daemon threads'), so "
-    "the driver dies by SIGABRT (status -6, after a 1 s stall) instead of exiting 0/143")
+# Regression: the driver used to die by SIGABRT at interpreter shutdown while its
+# reader thread was blocked in stdin.readline() (after FINALIZE or SIGTERM).
 
 
-@pytest.mark.xfail(strict=True, reason=SHUTDOWN_ABORT_BUG)
 def test_finalize_with_work_in_flight_exits_0(world: SimpleNamespace) -> None:
     journal = world.journal
     driver = world.start(["-t", "15", "-l", "poll", "kvm"])
@@ -469,7 +464,6 @@ def test_sigterm_stops_everything(world: SimpleNamespace) -> None:
     assert_protocol_only(driver)
 
 
-@pytest.mark.xfail(strict=True, reason=SHUTDOWN_ABORT_BUG)
 def test_sigterm_exit_status_is_a_clean_term(world: SimpleNamespace) -> None:
     driver = world.start(["-t", "15", "-l", "poll", "kvm"])
     assert driver.pid is not None

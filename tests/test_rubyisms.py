@@ -65,9 +65,6 @@ def test_to_i_examples(text: str, value: int) -> None:
     assert rubyisms.to_i(text) == value
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: rubyisms.to_i ignores the base-10 prefix 0d/0D that Ruby's rb_cstr_to_inum "
-    "skips for String#to_i (\"0d12\".to_i == 12, \"-0D7\".to_i == -7); returns 0"))
 def test_to_i_accepts_ruby_0d_prefix() -> None:
     assert rubyisms.to_i("0d12") == 12
     assert rubyisms.to_i("-0D7") == -7
@@ -315,10 +312,6 @@ def test_dirname_matches_ruby(path: str) -> None:
     assert rubyisms.dirname(path) == oracle_dirname(path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: rubyisms.dirname keeps all leading slashes when the result has more than the "
-    "root: Ruby's File.dirname collapses them to one (file.c: if (root > name + 1) "
-    "name = root - 1), so File.dirname('//a/b') == '/a' but dirname() returns '//a'"))
 @pytest.mark.parametrize("path, expected", [("//a/b", "/a"), ("///x/y/z", "/x/y")])
 def test_dirname_collapses_leading_slashes(path: str, expected: str) -> None:
     assert oracle_dirname(path) == expected

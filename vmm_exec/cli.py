@@ -89,7 +89,7 @@ class Arguments:
 
 def split_oned_argv(argv: Sequence[str]) -> List[str]:
     """Undo oned's single-argv-element call: ``["-t 15 -r 0 kvm -p"]`` → words."""
-    if len(argv) == 1 and any(c in argv[0] for c in " \t\n"):
+    if len(argv) == 1 and (not argv[0].strip() or any(c in argv[0] for c in " \t\n")):
         try:
             return shlex.split(argv[0])
         except ValueError:
@@ -123,7 +123,7 @@ def getopt_long(argv: Sequence[str]) -> Arguments:
                 if i >= len(argv):
                     raise UsageError(f"option `--{full}' requires an argument")
                 value, i = argv[i], i + 1
-            elif kind == "optional" and i < len(argv) and not argv[i].startswith("-"):
+            elif kind == "optional" and i < len(argv) and not _looks_like_option(argv[i]):
                 value, i = argv[i], i + 1
             options.append((full, value))
         elif word.startswith("-") and word != "-":
@@ -146,7 +146,7 @@ def getopt_long(argv: Sequence[str]) -> Arguments:
                         raise UsageError(f"option requires an argument -- {short}")
                     options.append((full, argv[i]))
                     i += 1
-                elif i < len(argv) and not argv[i].startswith("-"):
+                elif i < len(argv) and not _looks_like_option(argv[i]):
                     options.append((full, argv[i]))
                     i += 1
                 else:
@@ -155,6 +155,11 @@ def getopt_long(argv: Sequence[str]) -> Arguments:
         else:
             operands.append(word)
     return Arguments(options, operands)
+
+
+def _looks_like_option(word: str) -> bool:
+    """GetoptLong's test for "the next word is an option": ``/\\A-./``."""
+    return len(word) > 1 and word[0] == "-"
 
 
 def _long_name(prefix: str) -> str:
@@ -303,6 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"one-vmm-exec: warning: no remotes directory {remotes_dir} for "
               f"hypervisor {config.hypervisor!r}", file=sys.stderr)
     apply_priority(environ)  # type: ignore[arg-type]
+    try:
+        os.chdir(paths.var)  # the wrapper's `cd $VAR_LOCATION`: local scripts run there
+    except OSError:
+        pass
     from vmm_exec.driver import run_driver
 
     return run_driver(config)

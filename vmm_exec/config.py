@@ -41,6 +41,13 @@ class Paths:
         return f"{self.one_location}/var/remotes/"
 
     @property
+    def var(self) -> str:
+        """``VAR_LOCATION`` of the wrapper: the driver's working directory."""
+        if self.one_location is None:
+            return "/var/lib/one"
+        return f"{self.one_location}/var"
+
+    @property
     def config_file(self) -> str:
         if self.one_location is None:
             return "/var/lib/one/config"
@@ -95,10 +102,12 @@ def read_one_config(path: str) -> Dict[str, Union[str, List[str]]]:
 
 
 def source_rc_file(path: str, environ: Mapping[str, str]) -> Dict[str, str]:
-    """Variables an rc file defines, as ``madcommon.sh``'s ``export_rc_vars`` exports them.
+    """The environment after the rc file, as ``madcommon.sh``'s ``export_rc_vars`` leaves it.
 
-    The file is shell, so bash sources it (exactly what the wrapper does);
-    only variables assigned at the start of a line are exported.
+    The file is shell, so bash sources it (exactly what the wrapper does):
+    variables assigned at the start of a line are exported, and so is
+    whatever the file exports itself or changes in the environment. Returns
+    the variables that are new or changed.
     """
     if not os.path.isfile(path):
         return {}
@@ -108,9 +117,8 @@ def source_rc_file(path: str, environ: Mapping[str, str]) -> Dict[str, str]:
             head, sep, _ = line.partition("=")
             if sep and head and all(c.isalnum() or c in "-_" for c in head) and head.isascii():
                 names.append(head)
-    if not names:
-        return {}
-    script = '. "$1" >/dev/null 2>&1; shift; for v in "$@"; do printf "%s=%s\\0" "$v" "${!v}"; done'
+    script = ('. "$1" >/dev/null 2>&1; shift; for v in "$@"; do export "$v" 2>/dev/null; done; '
+              'env -0')
     try:
         out = subprocess.run(["bash", "-c", script, "rc", path, *names], env=dict(environ),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -120,7 +128,7 @@ def source_rc_file(path: str, environ: Mapping[str, str]) -> Dict[str, str]:
     result = {}
     for item in out.decode("utf-8", "surrogateescape").split("\0"):
         key, sep, value = item.partition("=")
-        if sep:
+        if sep and key not in ("_", "SHLVL", "PWD", "OLDPWD") and environ.get(key) != value:
             result[key] = value
     return result
 

@@ -8,6 +8,7 @@ A malformed line never stops the loop.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -152,8 +153,11 @@ def run_driver(config: DriverConfig) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     code = driver.run()
     driver.transport.close()
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
-    return code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    # The reader thread may still be blocked in stdin.readline(); a normal
+    # interpreter shutdown would then abort on the stdin buffer lock.
+    os._exit(code)

@@ -19,7 +19,7 @@ RUBY_STRIP_CHARS = "\0\t\n\v\f\r "
 RUBY_SPACE = " \t\n\v\f\r"
 
 _RUBY_WS_RUN = re.compile(r"[ \t\n\v\f\r]+")
-_TO_I = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+(?:_[0-9]+)*)")
+_TO_I = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[dD](?=[0-9]))?([0-9]+(?:_[0-9]+)*)")
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_VALUE = {c: i for i, c in enumerate(_B64_ALPHABET)}
 _SHELL_SAFE = re.compile(r"[^A-Za-z0-9_\-.,:+/@\n]")
@@ -31,7 +31,10 @@ def strip(text: str) -> str:
 
 
 def to_i(text: str) -> int:
-    """Ruby ``String#to_i``: leading digits (underscores between digits allowed), else 0."""
+    """Ruby ``String#to_i``: leading digits (underscores between digits allowed), else 0.
+
+    A base-10 prefix ``0d``/``0D`` is skipped, as Ruby's ``rb_cstr_to_inum`` does.
+    """
     m = _TO_I.match(text)
     if not m:
         return 0
@@ -165,7 +168,10 @@ def parse_actions_list(text: str) -> Dict[str, Optional[str]]:
 
 
 def dirname(path: str) -> str:
-    """Ruby ``File.dirname``: trailing slashes ignored, ``"."`` when there is no slash."""
+    """Ruby ``File.dirname``: trailing slashes ignored, ``"."`` when there is no slash,
+    several leading slashes count as one root."""
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
     stripped = path.rstrip("/")
     if not stripped:
         return "/" if path else "."
