@@ -12,18 +12,31 @@ file (``~/.ssh/known_hosts``, the configured ``UserKnownHostsFile`` files and
 
 Stopping remote commands. Closing an SSH channel does not stop what it runs:
 sshd only closes the pipes of the command, and a ``sleep 300`` never notices.
-This transport therefore sends the SSH ``signal`` channel request (RFC 4254
-6.9): OpenSSH's sshd (7.9 and later, with privilege separation, i.e. for every
-user but root) answers it with ``killpg()`` of the session's process group,
-which is the remote shell and everything it started (sshd starts each session
-in a session of its own, and a non-interactive shell keeps its children in its
-group). The request asks for a reply, so a refusal is known at once: TERM,
-then KILL after a grace period if the channel is still open, then the channel
-is closed. Nothing is added to what the command reads or writes. Where the
-server refuses the request (root logins, other servers, forced commands), the
-channel is only closed; the stream's own mechanism (its remote process group
-learned by a framed command, killed over another channel by
-:meth:`ParamikoTransport.kill_remote`) still applies in default mode.
+So :meth:`ParamikoChannel.terminate` (a stream's timeout, or the action's
+:class:`~vmm_exec.transports.base.Tracker` being cancelled, to which every
+channel is registered), a ``run`` timeout and a cancelled ``run`` kill the
+remote processes, without adding anything to what the command reads or writes:
+
+1. The SSH ``signal`` channel request (RFC 4254 6.9), TERM, then KILL after a
+   grace period if the channel is still open. OpenSSH's sshd (7.9 and later)
+   answers it with ``killpg()`` of the session: the remote shell and
+   everything it started (sshd runs each session in a session of its own, and
+   a non-interactive shell keeps its children in its group). The request asks
+   for a reply, so a refusal is known at once. sshd refuses it for root logins
+   (no privilege separation) and for sessions under a ``ForceCommand``.
+2. Hence every command is marked: the channel runs
+   ``env VMM_EXEC_CHANNEL=<random> bash -s`` (for ``run``:
+   ``env VMM_EXEC_CHANNEL=<random> "$SHELL" -c '<command>'``, the same login
+   shell as ``ssh HOST COMMAND``), so every process it starts inherits the
+   mark. When the signal is refused and the connection lives, another channel
+   on the pooled connection TERMs (then KILLs) the processes whose
+   ``/proc/PID/environ`` holds the mark, and their process groups. The only
+   visible difference to the commands is that one environment variable.
+
+Then the channel is closed. Where the connection itself is gone, nothing can be
+reached; the stream's own mechanism (default mode: its process group learned
+by a framed command and killed over a new connection by
+:meth:`ParamikoTransport.kill_remote`) applies as for the OpenSSH transport.
 
 Connection failures are reported like the ``ssh`` binary: exit status 255 and
 its message on stderr (``ssh: connect to host H port P: Connection refused``),
@@ -35,6 +48,7 @@ from __future__ import annotations
 import getpass
 import os
 import posixpath
+import secrets
 import socket
 import stat
 import threading
@@ -47,6 +61,7 @@ from paramiko.agent import AgentRequestHandler
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
+from vmm_exec.quoting import single_quoted
 from vmm_exec.transports.base import Cancelled, Execution, Tracker, decode, encode
 from vmm_exec.transports.channel import ERR, OUT, Channel
 from vmm_exec.transports.local import DRAIN_GRACE, TERM_GRACE
@@ -66,6 +81,8 @@ KILL_GRACE = 2.0
 CLOSE_GRACE = 2.0
 POLL = 0.05
 KNOWN_HOSTS_GLOBAL = "/etc/ssh/ssh_known_hosts"
+# the environment variable that marks the processes of one channel on the host
+MARK_VARIABLE = "VMM_EXEC_CHANNEL"
 
 
 class ConnectFailure(Exception):
@@ -177,9 +194,12 @@ class _UnknownHostKey(paramiko.SSHException):
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):
     """``RejectPolicy`` that remembers what was rejected, for OpenSSH's message."""
 
+    def __init__(self, alias: Optional[str] = None) -> None:
+        self.alias = alias
+
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        raise _UnknownHostKey(hostname, _key_type(key.get_name()))
+        raise _UnknownHostKey(self.alias or hostname, _key_type(key.get_name()))
 
 
 def _line(text: str) -> str:
@@ -244,16 +264,18 @@ def connect(settings: HostSettings) -> paramiko.SSHClient:
         raise ConnectFailure(_socket_error(settings, exc)) from None
     client = paramiko.SSHClient()
     keys = client.get_host_keys()
+    # with a HostKeyAlias, OpenSSH looks up the alias only
+    known = paramiko.HostKeys() if settings.host_key_alias else keys
     for path in settings.known_hosts:
         if os.path.isfile(path):
             try:
-                keys.load(path)
+                known.load(path)
             except (OSError, paramiko.SSHException, ValueError):
                 pass
     if settings.host_key_alias:
-        for key_type, key in (keys.lookup(settings.host_key_alias) or {}).items():
+        for key_type, key in (known.lookup(settings.host_key_alias) or {}).items():
             keys.add(settings.host_key_name, key_type, key)
-    client.set_missing_host_key_policy(_RejectUnknown())
+    client.set_missing_host_key_policy(_RejectUnknown(settings.host_key_alias))
     identities = [p for p in settings.identity_files if os.path.isfile(p)]
     agent = bool(os.environ.get("SSH_AUTH_SOCK")) and not settings.identities_only
     try:
@@ -344,21 +366,59 @@ def wait_closed(chan: paramiko.Channel, timeout: float) -> bool:
     return True
 
 
-def stop_remote(chan: paramiko.Channel, grace: float) -> bool:
+def stop_remote(chan: paramiko.Channel, grace: float,
+                fallback: Optional[Callable[[], None]] = None) -> Optional[bool]:
     """Kill what ``chan`` runs on the host (TERM, KILL after ``grace``), then close it.
 
-    Returns whether the server accepted the signal.
+    Returns whether the server accepted the signal (None: the channel was over
+    already). When it did not and the connection lives, ``fallback`` kills the
+    channel's marked processes over another channel.
     """
-    delivered = False
-    if not chan.closed and send_signal(chan, "TERM"):
-        delivered = True
+    if chan.closed:
+        return None
+    delivered = send_signal(chan, "TERM")
+    if delivered:
         if not wait_closed(chan, grace) and send_signal(chan, "KILL"):
             wait_closed(chan, 1.0)
+    transport = chan.get_transport()
+    alive = transport is not None and transport.is_active()
     try:
         chan.close()
     except Exception:  # noqa: BLE001 - the connection may be gone already
         pass
+    if not delivered and alive and fallback is not None:
+        try:
+            fallback()
+        except Exception:  # noqa: BLE001 - killing is best effort
+            pass
     return delivered
+
+
+def new_mark() -> str:
+    return secrets.token_hex(8)
+
+
+def stream_command(shell: str, mark: str) -> str:
+    """``SHELL -s`` as the Ruby driver runs it, its processes marked in their environment."""
+    return f"env {MARK_VARIABLE}={mark} {shell} -s"
+
+
+def marked_command(command: str, mark: str) -> str:
+    """``command`` for the login shell as ``ssh HOST COMMAND`` gives it, marked likewise."""
+    return f'env {MARK_VARIABLE}={mark} "${{SHELL:-/bin/sh}}" -c {single_quoted(command)}'
+
+
+def kill_marked_command(mark: str) -> str:
+    """Shell text: TERM every process carrying ``mark`` and its process group, KILL
+    what is left after a second (GNU grep reads the environments in /proc)."""
+    return (f"m='{MARK_VARIABLE}={mark}'; "
+            "marked() { grep -lsxzF \"$m\" /proc/[0-9]*/environ | cut -d/ -f3; }; "
+            "hit() { p=$(marked); [ -n \"$p\" ] || return 1; "
+            "g=$(for x in $p; do sed 's/.*) //' /proc/$x/stat 2>/dev/null | cut -d' ' -f3; "
+            "done | sort -u); kill -$1 $p 2>/dev/null; "
+            "for x in $g; do kill -$1 -$x 2>/dev/null; done; return 0; }; "
+            "hit TERM || exit 0; i=0; while [ $i -lt 10 ]; do "
+            "[ -n \"$(marked)\" ] || exit 0; sleep 0.1; i=$((i+1)); done; hit KILL; exit 0")
 
 
 class _Reader:
@@ -437,11 +497,12 @@ class ParamikoChannel:
     """A :class:`~vmm_exec.transports.channel.Channel` over an SSH session channel."""
 
     def __init__(self, owner: ParamikoTransport, conn: _Connection, chan: paramiko.Channel,
-                 dedicated: bool = False,
+                 mark: str, dedicated: bool = False,
                  agent: Optional[AgentRequestHandler] = None) -> None:
         self._owner = owner
         self._conn = conn
         self.chan = chan
+        self.mark = mark
         self._dedicated = dedicated
         self._agent = agent
         self._reader = _Reader(chan)
@@ -485,12 +546,14 @@ class ParamikoChannel:
             pass
 
     def terminate(self) -> None:
-        """Kill the remote shell's process group (SSH signal), then close the channel."""
+        """Kill the remote shell's process group (SSH signal, else by its mark), close."""
         with self._lock:
             if self._terminated:
                 return
             self._terminated = True
-        self.signalled = stop_remote(self.chan, KILL_GRACE)
+        host = self._conn.settings.alias
+        self.signalled = stop_remote(self.chan, KILL_GRACE,
+                                     lambda: self._owner.kill_marked(host, self.mark))
 
     def release(self) -> None:
         with self._lock:
@@ -654,10 +717,11 @@ class ParamikoTransport:
                 conn, chan = self._open(host)
         except ConnectFailure as exc:
             return _FailedChannel(exc.message)
+        mark = new_mark()
         try:
             if forward and os.environ.get("SSH_AUTH_SOCK"):
                 agent = AgentRequestHandler(chan)
-            chan.exec_command(f"{shell} -s")
+            chan.exec_command(stream_command(shell, mark))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             try:
                 chan.close()
@@ -668,7 +732,7 @@ class ParamikoTransport:
             else:
                 self._unreserve(conn)
             return _FailedChannel(_line(f"exec request failed on channel: {exc}"))
-        channel = ParamikoChannel(self, conn, chan, dedicated=forward, agent=agent)
+        channel = ParamikoChannel(self, conn, chan, mark, dedicated=forward, agent=agent)
         tracker.on_kill(channel.terminate)
         if tracker.cancelled:
             channel.terminate()
@@ -684,6 +748,10 @@ class ParamikoTransport:
     # -- one-shot commands --------------------------------------------------
     def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
             timeout: Optional[float]) -> Execution:
+        return self._run(tracker, host, command, stdin, timeout, True)
+
+    def _run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+             timeout: Optional[float], mark_it: bool) -> Execution:
         tracker.check()
         try:
             conn, chan = self._open(host)
@@ -691,7 +759,7 @@ class ParamikoTransport:
             tracker.check()
             return Execution(command, 255, "", exc.message)
         try:
-            result = self._execute(tracker, conn, chan, command, stdin, timeout)
+            result = self._execute(tracker, conn, chan, command, stdin, timeout, mark_it)
         finally:
             try:
                 chan.close()
@@ -703,19 +771,25 @@ class ParamikoTransport:
         return result
 
     def _execute(self, tracker: Tracker, conn: _Connection, chan: paramiko.Channel,
-                 command: str, stdin: Optional[str], timeout: Optional[float]) -> Execution:
+                 command: str, stdin: Optional[str], timeout: Optional[float],
+                 mark_it: bool = True) -> Execution:
         reader = _Reader(chan)
         out: List[bytes] = []
         err: List[bytes] = []
+        mark = new_mark()
+        host = conn.settings.alias
+
+        def fallback() -> None:
+            self.kill_marked(host, mark)
+
         def kill() -> None:
-            stop_remote(chan, KILL_GRACE)
+            stop_remote(chan, KILL_GRACE, fallback)
 
         tracker.on_kill(kill)
         if tracker.cancelled:
-            stop_remote(chan, KILL_GRACE)
             raise Cancelled()
         try:
-            chan.exec_command(command)
+            chan.exec_command(marked_command(command, mark) if mark_it else command)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             return Execution(command, 255, "", _line(f"exec request failed on channel: {exc}"))
         if stdin is None:
@@ -737,7 +811,7 @@ class ParamikoTransport:
                 break
             collect(0.2 if left is None else min(0.2, left))
         if timed_out or tracker.cancelled:
-            stop_remote(chan, TERM_GRACE if timed_out else KILL_GRACE)
+            stop_remote(chan, TERM_GRACE if timed_out else KILL_GRACE, fallback)
         # output still held open by children it left behind: a short grace only
         drain_until = time.monotonic() + DRAIN_GRACE
         while not reader.done and time.monotonic() < drain_until:
@@ -752,7 +826,14 @@ class ParamikoTransport:
     def kill_remote(self, host: str, pgid: int) -> None:
         """TERM, then KILL, a process group on ``host`` (a channel of the pooled connection)."""
         try:
-            self.run(Tracker(), host, remote_kill_command(pgid), None, 15.0)
+            self._run(Tracker(), host, remote_kill_command(pgid), None, 15.0, False)
+        except Exception:  # noqa: BLE001 - killing is best effort
+            pass
+
+    def kill_marked(self, host: str, mark: str) -> None:
+        """Kill the processes of a channel by its mark (servers refusing SSH signals)."""
+        try:
+            self._run(Tracker(), host, kill_marked_command(mark), None, 15.0, False)
         except Exception:  # noqa: BLE001 - killing is best effort
             pass
 
