@@ -8,280 +8,149 @@ size, stdin, timeouts and cancellation that really stop the remote commands,
 connection failures as exit status 255 with ssh's message, the framed stream
 with its ``-x`` check and remotes update, and the remotes copy.
 
-The hosts are real OpenSSH sshd processes on loopback addresses, a non-root
-user, throwaway keys (see :class:`SshBed`). Remote processes are looked for
-over a separate connection with ``pgrep``.
+The hosts are the test bed's (:mod:`vmm_exec.testbed`): real OpenSSH sshds on
+loopback addresses, a non-root user, throwaway keys, a working directory per
+host (relative remote paths land there). Remote processes are looked for over
+a separate connection with ``pgrep``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import secrets
 import shutil
-import signal
-import socket
 import stat
 import subprocess
-import tempfile
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
+from vmm_exec.testbed import Testbed
 from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import Cancelled, Execution, Tracker
 from vmm_exec.transports.openssh import OpenSSHTransport
 from vmm_exec.transports.remote import update_remotes
 from vmm_exec.transports.stream import SshStream, StreamCommand
 
-SSHD = "/usr/sbin/sshd"
-USER = "vmm-ct"
-USER_HOME = "/var/tmp/vmm-ct-home"
-HOSTS = ("host01", "host02", "host03")
+HOSTS = ("host01", "host02", "host03", "host04")
+# host04 runs without the test bed's ForceCommand (its sessions start in the user's
+# home): only there does sshd honour SSH signal requests
+PLAIN = "host04"
 MB = 1024 * 1024
 
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists(SSHD), reason="needs OpenSSH's sshd (openssh-server)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="starts sshd and uses a dedicated user: root"),
-]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the test bed needs Linux")
 
 
 # ======================================================================================
-# The test bed: one sshd per fake host
+# The test bed (vmm_exec.testbed): one real sshd per fake host
 # ======================================================================================
 
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
-
-
-def _ensure_user() -> None:
-    """A non-root login user (sshd honours SSH signal requests only with privsep)."""
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", USER_HOME,
-                        "--shell", "/bin/bash", USER], check=True)
-    # '*': no password, but not locked (sshd refuses locked accounts without PAM)
-    subprocess.run(["usermod", "-p", "*", "-d", USER_HOME, USER], check=True)
-    os.makedirs(USER_HOME, exist_ok=True)
-    entry = pwd.getpwnam(USER)
-    os.chown(USER_HOME, entry.pw_uid, entry.pw_gid)
-    os.chmod(USER_HOME, 0o755)
-
-
-def _children() -> Dict[int, List[int]]:
-    tree: Dict[int, List[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        tree.setdefault(int(fields[1]), []).append(int(name))
-    return tree
-
-
-def _descendants(pid: int) -> List[int]:
-    tree = _children()
-    found: List[int] = []
-    todo = [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
 @dataclass
-class FakeHost:
-    name: str
-    address: str
-    port: int
-    config: Path
-    log: Path
-    proc: Optional[subprocess.Popen] = None
+class Bed:
+    """The test bed, plus a client side whose config also has two broken host names:
+    ``unknown-key`` (host01 under a ``HostKeyAlias`` nobody knows) and ``wrong-key``
+    (host01 with a key it does not accept)."""
 
-
-@dataclass
-class SshBed:
-    """sshd per host on 127.0.0.x, a client home whose ``.ssh/config`` maps the names."""
-
+    testbed: Testbed
     root: Path
-    hosts: Dict[str, FakeHost] = field(default_factory=dict)
 
     @property
     def client_home(self) -> Path:
-        return self.root / "client"
+        return self.root / "home"
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
 
     @property
     def ssh_config(self) -> Path:
         return self.client_home / ".ssh" / "config"
 
     @property
-    def bin(self) -> Path:
-        return self.root / "bin"
+    def user(self) -> str:
+        return self.testbed.user
 
     @classmethod
-    def create(cls, root: Path, names: Tuple[str, ...]) -> SshBed:
-        _ensure_user()
-        bed = cls(root)
-        keys = root / "keys"
-        keys.mkdir(mode=0o755)
+    def create(cls, testbed: Testbed, root: Path) -> Bed:
+        bed = cls(testbed, root)
         dot_ssh = bed.client_home / ".ssh"
         dot_ssh.mkdir(parents=True, mode=0o700)
         bed.bin.mkdir()
-        _keygen(dot_ssh / "id_ed25519")
-        _keygen(dot_ssh / "stranger")  # a key the hosts do not accept
-        authorized = keys / "authorized_keys"
-        shutil.copy(dot_ssh / "id_ed25519.pub", authorized)
-        authorized.chmod(0o644)
-        known: List[str] = []
-        client: List[str] = []
-        for index, name in enumerate(names):
-            address = f"127.0.0.{61 + index}"
-            port = _free_port(address)
-            hostdir = root / name
-            hostdir.mkdir(mode=0o755)
-            _keygen(hostdir / "host_key")
-            public = (hostdir / "host_key.pub").read_text().split()
-            known.append(f"[{address}]:{port} {public[0]} {public[1]}")
-            config = hostdir / "sshd_config"
-            config.write_text("\n".join([
-                f"ListenAddress {address}:{port}",
-                f"HostKey {hostdir / 'host_key'}",
-                f"PidFile {hostdir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {authorized}",
-                f"AllowUsers {USER}",
-                "UsePAM no", "StrictModes no", "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no", "PermitRootLogin no",
-                "Subsystem sftp internal-sftp", "MaxStartups 50", "LogLevel VERBOSE", ""]))
-            client += [f"Host {name}", f"  HostName {address}", f"  Port {port}", ""]
-            bed.hosts[name] = FakeHost(name, address, port, config, hostdir / "sshd.log")
-        first = bed.hosts[names[0]]
-        client += [
-            # the first host under a name whose host key nobody knows
-            "Host unknown-key", f"  HostName {first.address}", f"  Port {first.port}",
-            "  HostKeyAlias unknown-key.invalid", "",
-            # the first host with a key it does not accept
-            "Host wrong-key", f"  HostName {first.address}", f"  Port {first.port}",
-            f"  IdentityFile {dot_ssh / 'stranger'}", "",
-            "Host *", f"  User {USER}", f"  IdentityFile {dot_ssh / 'id_ed25519'}",
-            "  IdentitiesOnly yes", f"  UserKnownHostsFile {dot_ssh / 'known_hosts_bed'}",
-            "  StrictHostKeyChecking yes", "  BatchMode yes", "  ConnectTimeout 5",
-            "  ControlMaster no", ""]
-        (dot_ssh / "known_hosts_bed").write_text("\n".join(known) + "\n")
-        bed.ssh_config.write_text("\n".join(client))
+        stranger = dot_ssh / "stranger"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "",
+                        "-f", str(stranger)], check=True, timeout=30)
+        first = testbed.hosts[HOSTS[0]]
+
+        def block(name: str, *extra: str) -> str:
+            return "\n".join([
+                f"Host {name}", f"    HostName {first.address}", f"    Port {first.port}",
+                f"    User {first.user}", *extra, "    IdentitiesOnly yes",
+                f"    UserKnownHostsFile {first.known_hosts}",
+                "    GlobalKnownHostsFile /dev/null", "    StrictHostKeyChecking yes",
+                "    BatchMode yes", "    ConnectTimeout 5", "    ControlMaster no",
+                "    ControlPath none", "    LogLevel ERROR", ""])
+
+        text = Path(testbed.ssh_config_path).read_text()
+        text += "\n" + block("unknown-key", "    HostKeyAlias unknown-key.invalid",
+                             f"    IdentityFile {first.key_path}")
+        text += "\n" + block("wrong-key", f"    IdentityFile {stranger}")
+        bed.ssh_config.write_text(text)
+        bed.ssh_config.chmod(0o600)
+        config = Path(testbed.hosts[PLAIN].config_path)
+        config.write_text("".join(line for line in config.read_text().splitlines(True)
+                                  if not line.startswith("ForceCommand ")))
+        testbed.stop_host(PLAIN)
+        testbed.start_host(PLAIN)
         for tool in ("ssh", "scp"):
             wrapper = bed.bin / tool
-            wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/{tool} -F {bed.ssh_config} "$@"\n')
+            real = shutil.which(tool) or f"/usr/bin/{tool}"
+            wrapper.write_text(f'#!/bin/sh\nexec {real} -F {bed.ssh_config} "$@"\n')
             wrapper.chmod(0o755)
-        for name in names:
-            bed.start(name)
         return bed
 
-    # -- hosts ----------------------------------------------------------------
-    def start(self, name: str) -> None:
-        host = self.hosts[name]
-        if host.proc is not None and host.proc.poll() is None:
-            return
-        with open(host.log, "ab") as log:
-            host.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(host.config)],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((host.address, host.port), 0.5).close()
-                return
-            except OSError:
-                if host.proc.poll() is not None:
-                    raise RuntimeError(f"sshd for {name} exited: {host.log.read_text()}")
-                time.sleep(0.05)
-        raise RuntimeError(f"sshd for {name} does not listen")
+    def address(self, host: str) -> str:
+        return self.testbed.hosts[host].address
 
-    def stop(self, name: str) -> None:
-        """The listener goes (connection refused); open connections stay."""
-        proc = self.hosts[name].proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+    def port(self, host: str) -> int:
+        return self.testbed.hosts[host].port
 
-    def kill(self, name: str) -> None:
-        """The host's sshd dies, every connection with it, then what they ran."""
-        proc = self.hosts[name].proc
-        if proc is None:
-            return
-        everything = _descendants(proc.pid)
-        for pid in [proc.pid] + [p for p in everything if _comm(p).startswith("sshd")]:
-            _signal(pid, signal.SIGKILL)
-        proc.wait(10)
-        time.sleep(0.2)
-        for pid in everything:
-            _signal(pid, signal.SIGKILL)
+    def stop(self, host: str) -> None:
+        self.testbed.stop_host(host)
 
-    def close(self) -> None:
-        for name in self.hosts:
-            self.kill(name)
+    def kill(self, host: str) -> None:
+        self.testbed.kill_host(host)
 
-    # -- the client side ------------------------------------------------------
-    def client_env(self) -> Dict[str, str]:
-        env = dict(os.environ)
-        env["PATH"] = f"{self.bin}:{env.get('PATH', '/usr/bin:/bin')}"
-        return env
+    def start(self, host: str) -> None:
+        self.testbed.start_host(host)
 
     def ssh(self, host: str, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
         """A separate connection (the OpenSSH client) to look at the host."""
-        return subprocess.run(["/usr/bin/ssh", "-F", str(self.ssh_config), "-n", host, command],
+        return subprocess.run(self.testbed.ssh_argv(host, command, no_stdin=True),
                               capture_output=True, text=True, timeout=timeout)
 
 
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)],
-                   check=True)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 @pytest.fixture(scope="module")
-def bed() -> Iterator[SshBed]:
-    root = Path(tempfile.mkdtemp(prefix="vmm-ct-"))
-    root.chmod(0o755)
-    made = None
+def bed(make_testbed: Callable[..., Testbed],
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    """A test bed of its own: the tests stop and kill hosts."""
+    testbed = make_testbed(names=HOSTS)
     try:
-        made = SshBed.create(root, HOSTS)
-        yield made
+        yield Bed.create(testbed, tmp_path_factory.mktemp("contract-client"))
     finally:
-        if made is not None:
-            made.close()
-        shutil.rmtree(root, ignore_errors=True)
+        testbed.stop()
 
 
 @pytest.fixture
-def hosts_restored(bed: SshBed) -> Iterator[SshBed]:
+def hosts_restored(bed: Bed) -> Iterator[Bed]:
     """For tests that stop or kill hosts: every host runs again afterwards."""
     yield bed
-    for name in bed.hosts:
+    for name in HOSTS:
         bed.start(name)
 
 
@@ -293,10 +162,10 @@ TRANSPORTS = ["openssh", "paramiko"]
 
 
 @pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest, bed: SshBed,
+def transport(request: pytest.FixtureRequest, bed: Bed,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
     if request.param == "openssh":
-        monkeypatch.setenv("PATH", bed.client_env()["PATH"])
+        monkeypatch.setenv("PATH", f"{bed.bin}{os.pathsep}{os.environ.get('PATH', '')}")
         made: Transport = OpenSSHTransport()
     else:
         from vmm_exec.transports.paramiko_transport import ParamikoTransport
@@ -309,7 +178,7 @@ def transport(request: pytest.FixtureRequest, bed: SshBed,
 
 
 @pytest.fixture
-def paramiko_transport(bed: SshBed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
+def paramiko_transport(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
     from vmm_exec.transports.paramiko_transport import ParamikoTransport
 
     monkeypatch.setenv("HOME", str(bed.client_home))
@@ -324,10 +193,10 @@ def marker() -> str:
     return f"{300 + secrets.randbelow(100)}.{secrets.randbelow(10 ** 6):06d}"
 
 
-def remote_sleeps(bed: SshBed, host: str, mark: str) -> List[str]:
+def remote_sleeps(bed: Bed, host: str, mark: str) -> List[str]:
     """PIDs of ``sleep MARK`` on the host, seen over a separate connection."""
     pattern = "sleep " + mark.replace(".", "[.]")  # [.] keeps pgrep from finding itself
-    result = bed.ssh(host, f"pgrep -u {USER} -f '{pattern}' || true")
+    result = bed.ssh(host, f"pgrep -u {bed.user} -f '{pattern}' || true")
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 
@@ -350,7 +219,7 @@ class LogSink:
 
 def make_stream(transport: Transport, host: str, tracker: Tracker, log: LogSink,
                 update: Callable[[], None], remote_dir: str = "/nonexistent",
-                kill_remote: bool = True) -> StreamCommand:
+                kill_remote: bool = True, forward: bool = False) -> StreamCommand:
     """The engine's wiring: a stream over ``transport.open_stream`` (default mode kills
     the remote group over another connection when ``kill_remote``)."""
 
@@ -363,7 +232,7 @@ def make_stream(transport: Transport, host: str, tracker: Tracker, log: LogSink,
             transport.kill_remote(host, pgid)
 
     stream = SshStream(host, "bash", opener, tracker,  # type: ignore[arg-type]
-                       remote_killer=killer, identify_timeout=10)
+                       forward=forward, remote_killer=killer)
     return StreamCommand(stream, remote_dir, log, update, reconnect=True)
 
 
@@ -414,7 +283,7 @@ def test_run_big_stdin_to_a_command_that_does_not_read_it(transport: Transport) 
     assert (result.code, result.stdout) == (0, "ignored\n")
 
 
-def test_run_timeout_kills_the_remote_command(transport: Transport, bed: SshBed,
+def test_run_timeout_kills_the_remote_command(transport: Transport, bed: Bed,
                                               request: pytest.FixtureRequest) -> None:
     if transport.name == "openssh":
         request.applymarker(pytest.mark.xfail(
@@ -427,13 +296,13 @@ def test_run_timeout_kills_the_remote_command(transport: Transport, bed: SshBed,
     try:
         assert result.timed_out
         assert elapsed < 8
-        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 5, "the remote sleep to die")
+        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 3, "the remote sleep to die")
     finally:
         for pid in remote_sleeps(bed, "host01", mark):  # do not leave it behind
             bed.ssh("host01", f"kill -9 {pid}")
 
 
-def test_run_cancel_kills_the_remote_command(transport: Transport, bed: SshBed,
+def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed,
                                              request: pytest.FixtureRequest) -> None:
     if transport.name == "openssh":
         request.applymarker(pytest.mark.xfail(
@@ -457,19 +326,18 @@ def test_run_cancel_kills_the_remote_command(transport: Transport, bed: SshBed,
         thread.join(15)
         assert not thread.is_alive()
         assert isinstance(outcome[0], Cancelled)
-        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 5, "the remote sleep to die")
+        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 3, "the remote sleep to die")
     finally:
         for pid in remote_sleeps(bed, "host01", mark):
             bed.ssh("host01", f"kill -9 {pid}")
 
 
-def test_run_connection_refused(transport: Transport, hosts_restored: SshBed) -> None:
+def test_run_connection_refused(transport: Transport, hosts_restored: Bed) -> None:
     hosts_restored.stop("host02")
-    host = hosts_restored.hosts["host02"]
+    address, port = hosts_restored.address("host02"), hosts_restored.port("host02")
     result = transport.run(Tracker(), "host02", "true", None, 20)
     assert result.code == 255
-    assert (f"ssh: connect to host {host.address} port {host.port}: Connection refused"
-            in result.stderr)
+    assert f"ssh: connect to host {address} port {port}: Connection refused" in result.stderr
 
 
 def test_run_unknown_host_key_is_rejected(transport: Transport) -> None:
@@ -479,10 +347,10 @@ def test_run_unknown_host_key_is_rejected(transport: Transport) -> None:
     assert "Host key verification failed." in result.stderr
 
 
-def test_run_refused_key_is_permission_denied(transport: Transport) -> None:
+def test_run_refused_key_is_permission_denied(transport: Transport, bed: Bed) -> None:
     result = transport.run(Tracker(), "wrong-key", "echo should-not-run", None, 20)
     assert result.code == 255
-    assert f"{USER}@127.0.0.61: Permission denied (publickey" in result.stderr
+    assert f"{bed.user}@{bed.address('host01')}: Permission denied (publickey" in result.stderr
 
 
 def test_run_unresolvable_host(transport: Transport) -> None:
@@ -524,12 +392,12 @@ def test_stream_framed_commands_and_heredoc_byte_exact(transport: Transport) -> 
         command.close()
 
 
-def test_stream_missing_remotes_are_updated(transport: Transport, bed: SshBed,
+def test_stream_missing_remotes_are_updated(transport: Transport, bed: Bed,
                                             tmp_path: Path) -> None:
     local = tmp_path / "remotes"
     (local / "vmm" / "fake").mkdir(parents=True)
     script = local / "vmm" / "fake" / "hello"
-    script.write_text('#!/bin/sh\necho "hello $*"; cat\n')
+    script.write_text('#!/bin/sh\necho "hello $*"; if [ "$1" = a ]; then cat; fi\n')
     script.chmod(0o755)
     # relative to the login directory, like a bare SCRIPTS_REMOTE_DIR would be
     remote_dir = f"vmm-ct-{secrets.token_hex(4)}/remotes"
@@ -556,7 +424,7 @@ def test_stream_missing_remotes_are_updated(transport: Transport, bed: SshBed,
         bed.ssh("host01", f"rm -rf {remote_dir.split('/')[0]}")
 
 
-def _cancel_mid_command(transport: Transport, bed: SshBed, kill_remote: bool) -> None:
+def _cancel_mid_command(transport: Transport, bed: Bed, kill_remote: bool) -> None:
     mark = marker()
     tracker = Tracker()
     command = make_stream(transport, "host01", tracker, LogSink(), lambda: None,
@@ -577,7 +445,7 @@ def _cancel_mid_command(transport: Transport, bed: SshBed, kill_remote: bool) ->
         thread.join(15)
         assert not thread.is_alive()
         assert isinstance(outcome[0], Cancelled)
-        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 5, "the remote sleep to die")
+        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 3, "the remote sleep to die")
     finally:
         try:
             command.close()
@@ -587,7 +455,13 @@ def _cancel_mid_command(transport: Transport, bed: SshBed, kill_remote: bool) ->
             bed.ssh("host01", f"kill -9 {pid}")
 
 
-def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: SshBed) -> None:
+def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: Bed,
+                                                request: pytest.FixtureRequest) -> None:
+    if transport.name == "openssh":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="openssh.remote_kill_command runs 'kill -TERM -- -PGID', "
+                                "which dash's kill rejects ('Illegal number: -'); the test "
+                                "bed user's login shell is /bin/sh"))
     _cancel_mid_command(transport, bed, kill_remote=True)
 
 
@@ -604,7 +478,7 @@ def test_stream_timeout_ends_the_command(transport: Transport) -> None:
 
 
 def test_stream_host_killed_mid_command(transport: Transport,
-                                        hosts_restored: SshBed) -> None:
+                                        hosts_restored: Bed) -> None:
     bed = hosts_restored
     mark = marker()
     tracker = Tracker()
@@ -628,7 +502,36 @@ def test_stream_host_killed_mid_command(transport: Transport,
         command.close()
 
 
-def test_stream_to_a_stopped_host(transport: Transport, hosts_restored: SshBed) -> None:
+def test_stream_forwards_the_agent(transport: Transport, bed: Bed, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delegated actions (migrate) get the front-end's agent on the host."""
+    agent = subprocess.run(["ssh-agent", "-s", "-a", str(tmp_path / "agent.sock")],
+                           capture_output=True, text=True, timeout=10, check=True)
+    pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+        key = bed.testbed.hosts["host01"].key_path
+        subprocess.run(["ssh-add", "-q", key], capture_output=True, timeout=10, check=True)
+        fingerprint = subprocess.run(["ssh-keygen", "-lf", key], capture_output=True,
+                                     text=True, timeout=10).stdout.split()[1]
+        tracker = Tracker()
+        plain = make_stream(transport, "host01", tracker, LogSink(), lambda: None)
+        delegated = make_stream(transport, "host01", tracker, LogSink(), lambda: None,
+                                forward=True)
+        try:
+            assert plain.run("ssh-add -l", None, None).code == 2  # no agent
+            result = delegated.run("ssh-add -l", None, None)
+            assert result.code == 0, result.stderr
+            assert fingerprint in result.stdout
+            assert plain.run("ssh-add -l", None, None).code == 2  # still none
+        finally:
+            plain.close()
+            delegated.close()
+    finally:
+        os.kill(pid, 15)
+
+
+def test_stream_to_a_stopped_host(transport: Transport, hosts_restored: Bed) -> None:
     hosts_restored.stop("host02")
     command = make_stream(transport, "host02", Tracker(), LogSink(), lambda: None)
     try:
@@ -657,7 +560,7 @@ def _tree(top: Path) -> Dict[str, Tuple[str, int, int]]:
     return found
 
 
-def test_copy_remotes_copies_contents_modes_and_times(transport: Transport, bed: SshBed,
+def test_copy_remotes_copies_contents_modes_and_times(transport: Transport, bed: Bed,
                                                       tmp_path: Path) -> None:
     local = tmp_path / "remotes"
     (local / "vmm" / "kvm").mkdir(parents=True)
@@ -671,7 +574,8 @@ def test_copy_remotes_copies_contents_modes_and_times(transport: Transport, bed:
     (local / "top-file").write_text("top\n")
     (local / ".top-hidden").write_text("not matched by the * glob\n")
     os.utime(local / "top-file", (1_600_000_000, 1_600_000_000))
-    remote_dir = f"/var/tmp/vmm-ct-{secrets.token_hex(4)}"
+    # relative: in the host's own directory, as SCRIPTS_REMOTE_DIR may be
+    remote_dir = f"vmm-ct-{secrets.token_hex(4)}/remotes"
     bed.ssh("host01", f"mkdir -p {remote_dir}")
     try:
         result = transport.copy_remotes(Tracker(), "host01", str(local), remote_dir, 60)
@@ -695,10 +599,10 @@ def test_copy_remotes_copies_contents_modes_and_times(transport: Transport, bed:
         # again, over existing files (the remotes update runs on every missing script)
         assert transport.copy_remotes(Tracker(), "host01", str(local), remote_dir, 60).code == 0
     finally:
-        bed.ssh("host01", f"rm -rf {remote_dir}")
+        bed.ssh("host01", f"rm -rf {remote_dir.split('/')[0]}")
 
 
-def test_copy_remotes_to_a_stopped_host(transport: Transport, hosts_restored: SshBed,
+def test_copy_remotes_to_a_stopped_host(transport: Transport, hosts_restored: Bed,
                                         tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     hosts_restored.stop("host02")
@@ -712,36 +616,57 @@ def test_copy_remotes_to_a_stopped_host(transport: Transport, hosts_restored: Ss
 # ======================================================================================
 
 def test_paramiko_stream_terminate_alone_kills_the_remote(paramiko_transport: Transport,
-                                                          bed: SshBed) -> None:
+                                                          bed: Bed) -> None:
     """Without the stream's remote killer (strict mode), the SSH signal request does it."""
     _cancel_mid_command(paramiko_transport, bed, kill_remote=False)
 
 
-def test_paramiko_channel_terminate_signals_the_session(paramiko_transport: Transport,
-                                                        bed: SshBed) -> None:
+@pytest.mark.parametrize("host,signalled", [(PLAIN, True), ("host01", False)],
+                         ids=["ssh-signal", "forcecommand-mark"])
+def test_paramiko_channel_terminate_kills_the_session(paramiko_transport: Transport,
+                                                      bed: Bed, host: str,
+                                                      signalled: bool) -> None:
+    """Both mechanisms: the SSH signal where sshd honours it, else the marked processes
+    (a background child, a TERM-ignoring one and one in a session of its own too)."""
     from vmm_exec.transports.paramiko_transport import ParamikoChannel
 
     mark = marker()
-    channel = paramiko_transport.open_stream(Tracker(), "host01", "bash", False)
+    channel = paramiko_transport.open_stream(Tracker(), host, "bash", False)
     assert isinstance(channel, ParamikoChannel)
-    channel.send(f"(sleep {mark}) & sleep {mark}\n".encode())
-    wait_for(lambda: len(remote_sleeps(bed, "host01", mark)) == 2, 10, "two remote sleeps")
+    script = (f"(sleep {mark}) & (trap '' TERM; sleep {mark}) & "
+              + ("" if signalled else f"setsid sleep {mark} & ") + f"sleep {mark}\n")
+    channel.send(script.encode())
+    count = 3 if signalled else 4
+    wait_for(lambda: len(remote_sleeps(bed, host, mark)) == count, 10, "the remote sleeps")
+    started = time.monotonic()
     channel.terminate()
-    assert channel.signalled is True
-    assert channel.exit_status() == 255
-    assert not remote_sleeps(bed, "host01", mark)
-    channel.release()
+    try:
+        assert channel.signalled is signalled
+        assert channel.exit_status() == 255
+        assert not remote_sleeps(bed, host, mark)
+        assert time.monotonic() - started < 6
+    finally:
+        channel.release()
+        for pid in remote_sleeps(bed, host, mark):
+            bed.ssh(host, f"kill -9 {pid}")
+
+
+def test_paramiko_run_timeout_by_ssh_signal(paramiko_transport: Transport, bed: Bed) -> None:
+    mark = marker()
+    result = paramiko_transport.run(Tracker(), PLAIN, f"sleep {mark}", None, 0.5)
+    assert result.timed_out
+    assert not remote_sleeps(bed, PLAIN, mark)
 
 
 def test_paramiko_pools_one_connection_per_host(paramiko_transport: Transport) -> None:
     from vmm_exec.transports.paramiko_transport import ParamikoTransport
 
     assert isinstance(paramiko_transport, ParamikoTransport)
-    # $PPID of a session is sshd's process for the connection
-    first = paramiko_transport.run(Tracker(), "host01", "echo $PPID", None, 10).stdout
-    second = paramiko_transport.run(Tracker(), "host01", "echo $PPID", None, 10).stdout
-    assert first == second and first.strip().isdigit()
-    other = paramiko_transport.run(Tracker(), "host02", "echo $PPID", None, 10).stdout
+    # SSH_CLIENT names the client's end of the connection: the same TCP connection
+    first = paramiko_transport.run(Tracker(), "host01", "echo $SSH_CLIENT", None, 10).stdout
+    second = paramiko_transport.run(Tracker(), "host01", "echo $SSH_CLIENT", None, 10).stdout
+    assert first == second and len(first.split()) == 3
+    other = paramiko_transport.run(Tracker(), "host02", "echo $SSH_CLIENT", None, 10).stdout
     assert other != first
     assert [len(paramiko_transport._pool[h]) for h in ("host01", "host02")] == [1, 1]
 
@@ -774,7 +699,7 @@ def test_paramiko_many_threads_share_the_pool(paramiko_transport: Transport) -> 
 
 
 def test_paramiko_reconnects_after_the_host_came_back(paramiko_transport: Transport,
-                                                      hosts_restored: SshBed) -> None:
+                                                      hosts_restored: Bed) -> None:
     assert paramiko_transport.run(Tracker(), "host03", "true", None, 10).code == 0
     hosts_restored.kill("host03")
     hosts_restored.start("host03")
@@ -783,7 +708,7 @@ def test_paramiko_reconnects_after_the_host_came_back(paramiko_transport: Transp
 
 
 def test_paramiko_run_over_a_connection_lost_mid_command(paramiko_transport: Transport,
-                                                         hosts_restored: SshBed) -> None:
+                                                         hosts_restored: Bed) -> None:
     bed = hosts_restored
     mark = marker()
     outcome: List[Execution] = []
@@ -795,4 +720,4 @@ def test_paramiko_run_over_a_connection_lost_mid_command(paramiko_transport: Tra
     thread.join(10)
     assert not thread.is_alive()
     assert outcome[0].code == 255
-    assert "Connection to 127.0.0.63 closed by remote host." in outcome[0].stderr
+    assert f"Connection to {bed.address('host03')} closed by remote host." in outcome[0].stderr

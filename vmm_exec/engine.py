@@ -8,6 +8,7 @@ FAILURE with a reason an operator can read. Rollback steps never raise.
 from __future__ import annotations
 
 import traceback
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from vmm_exec import message as messages
@@ -247,18 +248,20 @@ def execute_call_with_hooks(ctx: ActionContext, hooked: HookedCall) -> Tuple[boo
 Builder = Callable[["BuildRequest"], object]
 
 
+@dataclass(frozen=True)
 class BuildRequest:
-    """What an action builder gets: the decoded message and the driver's settings."""
+    """What an action builder gets: the decoded message and the driver's settings.
 
-    def __init__(self, action: str, msg_id: str, message: Message, config: DriverConfig,
-                 payload: str, explain: bool = False) -> None:
-        self.action = action
-        self.msg_id = msg_id
-        self.message = message
-        self.config = config
-        self.payload = payload
-        # building for `explain`: no file is read, the deployment is a placeholder
-        self.explain = explain
+    ``payload`` is the base64 text as received (some scripts get it verbatim);
+    ``explain`` builds without reading files (the deployment is a placeholder).
+    """
+
+    action: str
+    msg_id: str
+    message: Message
+    config: DriverConfig
+    payload: str
+    explain: bool = False
 
 
 def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,

@@ -115,13 +115,17 @@ def _driver_dirs(path: str) -> List[str]:
         return []
 
 
+def _split_command(words: Sequence[str], what: str) -> Tuple[str, str, str]:
+    """``CMD DRIVER ARG...`` → (script name, driver, shell-escaped args), as tm/ds do."""
+    if not words:
+        raise StepError(f"empty {what} command")
+    driver = words[1] if len(words) > 1 else ""
+    return words[0].lower(), driver, " ".join(rubyisms.shell_escape(w) for w in words[2:])
+
+
 def run_tm(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Outcome:
     """``do_transfer_action``: ``tm/<TM_MAD>/<cmd>`` on the front-end, args shell-escaped."""
-    if not words:
-        raise StepError("empty transfer manager command")
-    cmd = words[0].lower()
-    tm = words[1] if len(words) > 1 else ""
-    args = " ".join(rubyisms.shell_escape(w) for w in words[2:])
+    cmd, tm, args = _split_command(words, "transfer manager")
     tm_dir = os.path.join(ctx.config.paths.remotes, "tm")
     if tm not in _driver_dirs(tm_dir):
         return False, f"Transfer Driver '{tm}' not available"
@@ -141,11 +145,7 @@ def run_tm(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Ou
 
 def run_ds(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Outcome:
     """``do_datastore_action``: ``datastore/<DS_MAD>/<cmd>`` on the front-end."""
-    if not words:
-        raise StepError("empty datastore command")
-    cmd = words[0].lower()
-    ds = words[1] if len(words) > 1 else ""
-    args = " ".join(rubyisms.shell_escape(w) for w in words[2:])
+    cmd, ds, args = _split_command(words, "datastore")
     ds_dir = os.path.join(ctx.config.paths.remotes, "datastore")
     if ds not in _driver_dirs(ds_dir):
         return False, f"Datastore Driver '{ds}' not available"

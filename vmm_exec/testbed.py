@@ -580,6 +580,7 @@ class Testbed:
         for sub in ("bin", "client", "sshd", "hosts"):
             os.makedirs(os.path.join(root, sub), exist_ok=True)
         os.chmod(os.path.join(root, "client"), 0o700)
+        os.chmod(os.path.join(root, "hosts"), 0o755)
         self._sftp = _sftp_server() or "internal-sftp"  # ensure_openssh_server checked
         wrapper = os.path.join(root, "bin", "testbed-session")
         _write(wrapper, SESSION_WRAPPER.replace("@SFTP@", self._sftp), 0o755)
@@ -886,12 +887,17 @@ class Testbed:
         """Live processes of ``name``: its sshd listener and connections (holders of its
         sockets), the processes of its recorded sessions, and processes carrying its
         ``TESTBED_ROOT``/``TESTBED_HOST`` environment."""
+        sshds, sessions = self._host_processes(name)
+        return sshds | sessions
+
+    def _host_processes(self, name: str) -> Tuple[Set[int], Set[int]]:
+        """(sshd listener and connections, session processes) of ``name``, alive."""
         info = self.hosts[name]
-        pids: Set[int] = set()
+        sshds = _socket_holders(_socket_inodes(info.address, info.port))
         proc = self._procs.get(name)
         if proc is not None and proc.poll() is None:
-            pids.add(proc.pid)
-        pids |= _socket_holders(_socket_inodes(info.address, info.port))
+            sshds.add(proc.pid)
+        pids: Set[int] = set()
         marks = {b"TESTBED_ROOT=" + os.fsencode(self.root),
                  b"TESTBED_HOST=" + os.fsencode(name)}
         sids: Dict[int, str] = {}  # recorded session id -> its file
@@ -927,24 +933,34 @@ class Testbed:
                     os.unlink(path)
                 except OSError:
                     pass
+        sshds.discard(me)
         pids.discard(me)
-        return {pid for pid in pids if pid_alive(pid)}
+        return ({pid for pid in sshds if pid_alive(pid)},
+                {pid for pid in pids - sshds if pid_alive(pid)})
 
     def _kill_sessions(self, name: str, gentle: bool) -> None:
-        """Kill what is left of ``name`` (bounded: a few rounds, forks included)."""
+        """Kill what is left of ``name`` (bounded: a few rounds, forks included).
+
+        Not ``gentle`` (a crash): the sessions are frozen first, then the sshd side is
+        killed, then the sessions, so nothing more (not even an exit status of a killed
+        command) reaches a client: its connection just breaks.
+        """
         deadline = time.monotonic() + STOP_TIMEOUT
         first = gentle
         while time.monotonic() < deadline:
-            pids = self.host_pids(name)
-            if not pids:
+            sshds, sessions = self._host_processes(name)
+            if not sshds and not sessions:
                 break
             if first:
-                _signal_all(pids, signal.SIGTERM)
-                _wait_gone(pids, 1.0)
+                _signal_all(sshds | sessions, signal.SIGTERM)
+                _wait_gone(sshds | sessions, 1.0)
                 first = False
                 continue
-            _signal_all(pids, signal.SIGKILL)
-            _wait_gone(pids, 1.0)
+            _signal_all(sessions, signal.SIGSTOP)
+            _signal_all(sshds, signal.SIGKILL)
+            _wait_gone(sshds, 1.0)
+            _signal_all(sessions, signal.SIGKILL)
+            _wait_gone(sessions, 1.0)
         info = self.hosts[name]
         try:
             for entry in os.listdir(info.sessions_dir):

@@ -65,7 +65,6 @@ from vmm_exec.quoting import single_quoted
 from vmm_exec.transports.base import Cancelled, Execution, Tracker, decode, encode
 from vmm_exec.transports.channel import ERR, OUT, Channel
 from vmm_exec.transports.local import DRAIN_GRACE, TERM_GRACE
-from vmm_exec.transports.openssh import remote_kill_command
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 OPEN_TIMEOUT = 30.0
@@ -371,22 +370,26 @@ def stop_remote(chan: paramiko.Channel, grace: float,
     """Kill what ``chan`` runs on the host (TERM, KILL after ``grace``), then close it.
 
     Returns whether the server accepted the signal (None: the channel was over
-    already). When it did not and the connection lives, ``fallback`` kills the
-    channel's marked processes over another channel.
+    already). When the channel is not over after the signals (refused, or a
+    process ignoring TERM outlived the shell, after which sshd refuses KILL) and
+    the connection lives, ``fallback`` kills the channel's marked processes over
+    another channel.
     """
     if chan.closed:
         return None
     delivered = send_signal(chan, "TERM")
-    if delivered:
-        if not wait_closed(chan, grace) and send_signal(chan, "KILL"):
-            wait_closed(chan, 1.0)
+    # over: the server closed the channel, i.e. nothing holds its output any more
+    over = delivered and wait_closed(chan, grace)
+    if delivered and not over and send_signal(chan, "KILL"):
+        # (sshd refuses once the shell itself is gone: then the marks do it)
+        over = wait_closed(chan, 1.0)
     transport = chan.get_transport()
     alive = transport is not None and transport.is_active()
     try:
         chan.close()
     except Exception:  # noqa: BLE001 - the connection may be gone already
         pass
-    if not delivered and alive and fallback is not None:
+    if not over and alive and fallback is not None:
         try:
             fallback()
         except Exception:  # noqa: BLE001 - killing is best effort
@@ -406,6 +409,12 @@ def stream_command(shell: str, mark: str) -> str:
 def marked_command(command: str, mark: str) -> str:
     """``command`` for the login shell as ``ssh HOST COMMAND`` gives it, marked likewise."""
     return f'env {MARK_VARIABLE}={mark} "${{SHELL:-/bin/sh}}" -c {single_quoted(command)}'
+
+
+def group_kill_command(pgid: int) -> str:
+    """TERM, then KILL, a process group (``kill -SIG -PGID``: dash's kill has no ``--``)."""
+    return (f"kill -TERM -{pgid} 2>/dev/null; sleep 1; "
+            f"kill -KILL -{pgid} 2>/dev/null; true")
 
 
 def kill_marked_command(mark: str) -> str:
@@ -826,7 +835,7 @@ class ParamikoTransport:
     def kill_remote(self, host: str, pgid: int) -> None:
         """TERM, then KILL, a process group on ``host`` (a channel of the pooled connection)."""
         try:
-            self._run(Tracker(), host, remote_kill_command(pgid), None, 15.0, False)
+            self._run(Tracker(), host, group_kill_command(pgid), None, 15.0, False)
         except Exception:  # noqa: BLE001 - killing is best effort
             pass
 
