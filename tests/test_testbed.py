@@ -239,6 +239,12 @@ def test_kill_host_kills_its_sessions(bed: Testbed) -> None:
     client = subprocess.Popen(["ssh", "host02", "sleep 57"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=bed.client_env())
+    stream = subprocess.Popen(["ssh", "host02", "bash", "-s"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=bed.client_env())
+    assert stream.stdin is not None
+    stream.stdin.write(b"sleep 56; echo status=$?\n")
+    stream.stdin.flush()
     # a detached one too (own session, output elsewhere): found by its environment
     assert ssh(bed, "host02", "setsid sleep 58 </dev/null >/dev/null 2>&1 &").returncode == 0
     other = subprocess.Popen(["ssh", "host01", "sleep 57"], stdin=subprocess.DEVNULL,
@@ -248,7 +254,9 @@ def test_kill_host_kills_its_sessions(bed: Testbed) -> None:
         wait_for(lambda: len(sleeps_of(bed, "host02", "57")) == 1, 10, "remote sleep 57")
         wait_for(lambda: len(sleeps_of(bed, "host02", "58")) == 1, 10, "remote sleep 58")
         wait_for(lambda: len(sleeps_of(bed, "host01", "57")) == 1, 10, "host01 sleep")
-        victims = sleeps_of(bed, "host02", "57") | sleeps_of(bed, "host02", "58")
+        wait_for(lambda: len(sleeps_of(bed, "host02", "56")) == 1, 10, "stream sleep")
+        victims = (sleeps_of(bed, "host02", "57") | sleeps_of(bed, "host02", "58")
+                   | sleeps_of(bed, "host02", "56"))
         survivor = sleeps_of(bed, "host01", "57")
         sshd = bed.hosts["host02"].sshd_pid
         assert sshd is not None
@@ -258,11 +266,14 @@ def test_kill_host_kills_its_sessions(bed: Testbed) -> None:
         assert not any(pid_alive(pid) for pid in victims | {sshd})
         assert bed.host_pids("host02") == set()
         assert client.wait(timeout=10) == 255
+        # a crash: the stream breaks, no status of the killed command gets through
+        out, _ = stream.communicate(timeout=10)
+        assert (stream.returncode, out) == (255, b"")
         assert all(pid_alive(pid) for pid in survivor)  # another host is not touched
         result = ssh(bed, "host02", "true")
         assert result.returncode == 255 and b"Connection refused" in result.stderr
     finally:
-        for proc in (client, other):
+        for proc in (client, other, stream):
             if proc.poll() is None:
                 proc.kill()
             proc.wait(5)

@@ -373,6 +373,20 @@ def processes_mentioning(text: str) -> Set[int]:
     return found
 
 
+class LeftBehind(AssertionError):
+    """A process that should be gone still runs (a script, a session, a client)."""
+
+
+def wait_gone(pid: int, timeout: float, what: str) -> None:
+    """Wait (bounded) until ``pid`` is gone; :class:`LeftBehind` if it is not."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise LeftBehind(f"{what}: process {pid} still runs after {timeout:g}s: "
+                             f"{_cmdline(pid)[:200]!r}")
+        time.sleep(0.05)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something true; AssertionError on timeout."""
@@ -384,6 +398,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {timeout:g}s")
         time.sleep(interval)
+
+
+def transport_unavailable(transport: str) -> Optional[str]:
+    """Why ``transport`` cannot be tested here, or None."""
+    return paramiko_unavailable() if transport == "paramiko" else None
 
 
 def paramiko_unavailable() -> Optional[str]:
@@ -545,7 +564,7 @@ class World:
             if not found:
                 return
             if time.monotonic() > deadline:
-                raise AssertionError("processes left behind: " + self.describe_leftovers(found))
+                raise LeftBehind("processes left behind: " + self.describe_leftovers(found))
             time.sleep(0.1)
 
     # payloads -----------------------------------------------------------------------

@@ -397,6 +397,31 @@ def stop_remote(chan: paramiko.Channel, grace: float,
     return delivered
 
 
+class _Stopper:
+    """Stops the remote side of one channel and closes it, one caller at a time
+    (a cancellation hook may race with the command's own end): nothing is ever
+    sent on a channel this side has closed."""
+
+    def __init__(self, chan: paramiko.Channel, fallback: Callable[[], None]) -> None:
+        self.chan = chan
+        self._fallback = fallback
+        self._lock = threading.Lock()
+        self.signalled: Optional[bool] = None
+
+    def stop(self, grace: float) -> None:
+        with self._lock:
+            result = stop_remote(self.chan, grace, self._fallback)
+            if result is not None:
+                self.signalled = result
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.chan.close()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
+
+
 def new_mark() -> str:
     return secrets.token_hex(8)
 
@@ -519,7 +544,13 @@ class ParamikoChannel:
         self._terminated = False
         self._released = False
         self._reported_loss = False
-        self.signalled: Optional[bool] = None
+        host = conn.settings.alias
+        self._stopper = _Stopper(chan, lambda: owner.kill_marked(host, mark))
+
+    @property
+    def signalled(self) -> Optional[bool]:
+        """Whether sshd took the SSH signal (None: not terminated, or already over)."""
+        return self._stopper.signalled
 
     def send(self, data: bytes) -> None:
         try:
@@ -560,9 +591,7 @@ class ParamikoChannel:
             if self._terminated:
                 return
             self._terminated = True
-        host = self._conn.settings.alias
-        self.signalled = stop_remote(self.chan, KILL_GRACE,
-                                     lambda: self._owner.kill_marked(host, self.mark))
+        self._stopper.stop(KILL_GRACE)
 
     def release(self) -> None:
         with self._lock:
@@ -573,10 +602,7 @@ class ParamikoChannel:
             self.close_input()
             if not wait_closed(self.chan, CLOSE_GRACE):
                 self.terminate()
-        try:
-            self.chan.close()
-        except Exception:  # noqa: BLE001
-            pass
+        self._stopper.close()
         if self._agent is not None:
             try:
                 self._agent.close()
@@ -767,38 +793,35 @@ class ParamikoTransport:
         except ConnectFailure as exc:
             tracker.check()
             return Execution(command, 255, "", exc.message)
+        mark = new_mark()
+        stopper = _Stopper(chan, lambda: self.kill_marked(host, mark))
         try:
-            result = self._execute(tracker, conn, chan, command, stdin, timeout, mark_it)
+            result = self._execute(tracker, conn, stopper,
+                                   marked_command(command, mark) if mark_it else command,
+                                   command, stdin, timeout)
         finally:
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
+            stopper.close()
             self._unreserve(conn)
         if tracker.cancelled:
             raise Cancelled()
         return result
 
-    def _execute(self, tracker: Tracker, conn: _Connection, chan: paramiko.Channel,
-                 command: str, stdin: Optional[str], timeout: Optional[float],
-                 mark_it: bool = True) -> Execution:
+    def _execute(self, tracker: Tracker, conn: _Connection, stopper: _Stopper,
+                 remote: str, command: str, stdin: Optional[str],
+                 timeout: Optional[float]) -> Execution:
+        chan = stopper.chan
         reader = _Reader(chan)
         out: List[bytes] = []
         err: List[bytes] = []
-        mark = new_mark()
-        host = conn.settings.alias
-
-        def fallback() -> None:
-            self.kill_marked(host, mark)
 
         def kill() -> None:
-            stop_remote(chan, KILL_GRACE, fallback)
+            stopper.stop(KILL_GRACE)
 
         tracker.on_kill(kill)
         if tracker.cancelled:
             raise Cancelled()
         try:
-            chan.exec_command(marked_command(command, mark) if mark_it else command)
+            chan.exec_command(remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             return Execution(command, 255, "", _line(f"exec request failed on channel: {exc}"))
         if stdin is None:
@@ -820,7 +843,7 @@ class ParamikoTransport:
                 break
             collect(0.2 if left is None else min(0.2, left))
         if timed_out or tracker.cancelled:
-            stop_remote(chan, TERM_GRACE if timed_out else KILL_GRACE, fallback)
+            stopper.stop(TERM_GRACE if timed_out else KILL_GRACE)
         # output still held open by children it left behind: a short grace only
         drain_until = time.monotonic() + DRAIN_GRACE
         while not reader.done and time.monotonic() < drain_until:
