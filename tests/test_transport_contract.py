@@ -455,26 +455,35 @@ def _cancel_mid_command(transport: Transport, bed: Bed, kill_remote: bool) -> No
             bed.ssh("host01", f"kill -9 {pid}")
 
 
-def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: Bed,
-                                                request: pytest.FixtureRequest) -> None:
+def xfail_dash_group_kill(transport: Transport, request: pytest.FixtureRequest) -> None:
     if transport.name == "openssh":
         request.applymarker(pytest.mark.xfail(
             strict=True, reason="openssh.remote_kill_command runs 'kill -TERM -- -PGID', "
                                 "which dash's kill rejects ('Illegal number: -'); the test "
                                 "bed user's login shell is /bin/sh"))
+
+
+def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: Bed,
+                                                request: pytest.FixtureRequest) -> None:
+    xfail_dash_group_kill(transport, request)
     _cancel_mid_command(transport, bed, kill_remote=True)
 
 
-def test_stream_timeout_ends_the_command(transport: Transport) -> None:
-    tracker = Tracker()
-    command = make_stream(transport, "host01", tracker, LogSink(), lambda: None)
+def test_stream_timeout_kills_the_remote_command(transport: Transport, bed: Bed,
+                                                 request: pytest.FixtureRequest) -> None:
+    xfail_dash_group_kill(transport, request)
+    mark = marker()
+    command = make_stream(transport, "host01", Tracker(), LogSink(), lambda: None)
     try:
         started = time.monotonic()
-        result = command.run("sleep 30", None, None, timeout=1.0)
+        result = command.run(f"sleep {mark}", None, None, timeout=1.0)
         assert time.monotonic() - started < 10
         assert result.timed_out and result.stderr.endswith("\nTimeout Error")
+        wait_for(lambda: not remote_sleeps(bed, "host01", mark), 3, "the remote sleep to die")
     finally:
         command.close()
+        for pid in remote_sleeps(bed, "host01", mark):
+            bed.ssh("host01", f"kill -9 {pid}")
 
 
 def test_stream_host_killed_mid_command(transport: Transport,
@@ -721,3 +730,17 @@ def test_paramiko_run_over_a_connection_lost_mid_command(paramiko_transport: Tra
     assert not thread.is_alive()
     assert outcome[0].code == 255
     assert f"Connection to {bed.address('host03')} closed by remote host." in outcome[0].stderr
+
+
+def test_paramiko_concurrent_commands_to_a_down_host_fail_together(
+        paramiko_transport: Transport, hosts_restored: Bed) -> None:
+    hosts_restored.stop("host02")
+    results: List[Execution] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        paramiko_transport.run(Tracker(), "host02", "true", None, 10))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(results) == 8
+    assert all(r.code == 255 and "Connection refused" in r.stderr for r in results)

@@ -59,7 +59,7 @@ class Driver:
         self.stdin = stdin
         self.writer = Writer(stdout)
         self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of)
-        self.transport = make_transport(config.transport)
+        self.transport = make_transport(config.transport, config.strict)
         errors: list = []
         self.hooks = load_hooks(hook_dirs(config.paths.remotes, config.hook_dirs), errors)
         for error in errors:

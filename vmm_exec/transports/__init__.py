@@ -9,12 +9,16 @@ cancelled or timed-out action can be stopped wherever it runs.
 from vmm_exec.transports.api import Transport
 
 
-def make_transport(name: str) -> Transport:
-    """The transport named on the command line (paramiko is imported only when chosen)."""
+def make_transport(name: str, strict: bool = False) -> Transport:
+    """The transport named on the command line (paramiko is imported only when chosen).
+
+    In strict mode the OpenSSH transport sends the Ruby driver's command text
+    unchanged (no remote process-group announcement).
+    """
     if name == "paramiko":
         from vmm_exec.transports.paramiko_transport import ParamikoTransport
 
         return ParamikoTransport()
     from vmm_exec.transports.openssh import OpenSSHTransport
 
-    return OpenSSHTransport()
+    return OpenSSHTransport(kill_remote=not strict)

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import threading
-from typing import IO, List, Optional, Sequence, Union
+from typing import IO, Callable, List, Optional, Sequence, Union
 
 from vmm_exec.transports.base import (
     Cancelled,
@@ -67,7 +67,8 @@ def _feed(pipe: IO[bytes], data: bytes) -> None:
 
 
 def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[str],
-            timeout: Optional[float], env: Optional[dict] = None) -> Execution:
+            timeout: Optional[float], env: Optional[dict] = None,
+            on_abort: Optional[Callable[[str], None]] = None) -> Execution:
     """Run a command in its own process group, feeding ``stdin``, collecting output.
 
     A string command goes through ``/bin/sh -c`` (as Ruby's ``popen3`` with a
@@ -75,6 +76,8 @@ def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[s
     when its process exits; output still held open by children it left behind
     is read for a short grace period only, so such a child cannot hang the
     action. On timeout the whole group gets TERM (then KILL), as in Ruby.
+    ``on_abort`` is called with the stderr read so far when the command is
+    timed out or cancelled (the ssh transport uses it to kill the remote side).
     """
     shell_argv = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
     text = argv if isinstance(argv, str) else " ".join(argv)
@@ -90,12 +93,16 @@ def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[s
         reader.start()
     writer = threading.Thread(target=_feed, args=(proc.stdin, encode(stdin)), daemon=True)
     writer.start()
+    if on_abort is not None:
+        tracker.on_kill(lambda: on_abort(readers[1].text()))
     timed_out = False
     try:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+            if on_abort is not None:
+                on_abort(readers[1].text())
             kill_group(proc, signal.SIGTERM)
             try:
                 proc.wait(TERM_GRACE)

@@ -46,6 +46,7 @@ so logs look the same whichever transport runs.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import posixpath
 import secrets
@@ -82,6 +83,10 @@ POLL = 0.05
 KNOWN_HOSTS_GLOBAL = "/etc/ssh/ssh_known_hosts"
 # the environment variable that marks the processes of one channel on the host
 MARK_VARIABLE = "VMM_EXEC_CHANNEL"
+
+# paramiko logs a lost connection as an error; unless the driver sets up logging,
+# Python would print that on stderr: the failure is reported in the results instead
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class ConnectFailure(Exception):
@@ -659,6 +664,8 @@ class ParamikoTransport:
         self._host_locks: Dict[str, threading.Lock] = {}
         self._pool: Dict[str, List[_Connection]] = {}
         self._dedicated: Set[_Connection] = set()
+        # the last failed connection attempt per host: (when, the failure)
+        self._failures: Dict[str, Tuple[float, ConnectFailure]] = {}
 
     # -- the pool -----------------------------------------------------------
     def _host_lock(self, host: str) -> threading.Lock:
@@ -670,8 +677,16 @@ class ParamikoTransport:
         return _Connection(connect(settings), settings)
 
     def _reserve(self, host: str) -> _Connection:
-        """A live pooled connection with room for one more channel (counted)."""
+        """A live pooled connection with room for one more channel (counted).
+
+        Callers that queued for the host while a connection attempt failed share
+        that failure instead of each waiting for a connect timeout in turn.
+        """
+        asked = time.monotonic()
         with self._host_lock(host):
+            failed = self._failures.get(host)
+            if failed is not None and failed[0] >= asked:
+                raise ConnectFailure(failed[1].message)
             with self._lock:
                 conns = self._pool.setdefault(host, [])
                 for conn in [c for c in conns if not c.alive()]:
@@ -681,7 +696,12 @@ class ParamikoTransport:
                     if conn.channels < conn.capacity:
                         conn.channels += 1
                         return conn
-            conn = self._connect(host)
+            try:
+                conn = self._connect(host)
+            except ConnectFailure as exc:
+                self._failures[host] = (time.monotonic(), exc)
+                raise
+            self._failures.pop(host, None)
             with self._lock:
                 conn.channels = 1
                 self._pool.setdefault(host, []).append(conn)
