@@ -1,6 +1,6 @@
 """A guided tour of vmm_exec talking to a simulated oned and simulated hosts.
 
-    python compat/demo.py [--strict] [--keep]
+    python compat/demo.py [--strict] [--keep] [--real-hosts]
 
 Builds a compat world (fake host01/host02, fake action scripts), starts the
 driver through ``vmm_exec.simoned.SimulatedOned`` exactly as oned starts it,
@@ -9,6 +9,13 @@ MIGRATE to host02, a MIGRATE back that fails in the vmm migrate script (a
 fault rule) and is rolled back, SHUTDOWN, FINALIZE.  It prints the
 conversation, then the script calls each host received.  Payloads are the
 corpus's own XML (compat/scenarios), with ``{WORLD}`` filled in.
+
+With ``--real-hosts`` the same story runs against real OpenSSH hosts: a
+``vmm_exec.testbed.Testbed`` of two sshds on loopback addresses (root and
+openssh-server needed), the fake remotes of ``tests/e2e/kit.py`` (journaling
+python scripts), host01 starting with the remote scripts and host02 without
+(the driver ships them with scp). Where the test bed cannot start, the demo
+says why and falls back to the simulated hosts.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import argparse  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import textwrap  # noqa: E402
-from typing import Any, Dict, List, Sequence  # noqa: E402
+from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 
 from compat import procs  # noqa: E402
 from compat.fakes import common  # noqa: E402
@@ -129,8 +137,20 @@ def print_journal(world: str) -> None:
         print("    " + short(line.replace(world, "{WORLD}"), WIDTH - 4))
 
 
-def run_story(oned: Any, world: str) -> int:
+def fake_payloads(world: str) -> Dict[str, str]:
+    """The story's requests for the simulated hosts (corpus XML, ``{WORLD}`` set)."""
+    return {
+        "DEPLOY": payload("deploy_basic", "deploy.xml", world),
+        "POLL": payload("poll_basic", "msg.xml", world),
+        "MIGRATE": payload("migrate_basic", "msg.xml", world),
+        "MIGRATE_BACK": payload("migrate_fail_vmm", "msg.xml", world, True),
+        "SHUTDOWN": payload("shutdown_basic", "msg.xml", world).replace("host01", "host02"),
+    }
+
+
+def run_story(oned: Any, world: str, payloads: Optional[Dict[str, str]] = None) -> int:
     """The conversation; returns the driver's exit status."""
+    xml = payloads if payloads is not None else fake_payloads(world)
     chapter("INIT", "oned starts the driver with its ARGUMENTS as one argv element and "
                     "fd 2 closed, then sends INIT.")
     print("  oned >>  INIT")
@@ -138,25 +158,23 @@ def run_story(oned: Any, world: str) -> int:
 
     chapter("DEPLOY", "VM 42 boots on host01: context ISO (tm, on the front-end), "
                       "network pre, deployment file copied over ssh, vmm deploy, network post.")
-    seen = act(oned, "DEPLOY", payload("deploy_basic", "deploy.xml", world), world, seen)
+    seen = act(oned, "DEPLOY", xml["DEPLOY"], world, seen)
 
     chapter("POLL", "oned asks for monitoring data; the poll script answers.")
-    seen = act(oned, "POLL", payload("poll_basic", "msg.xml", world), world, seen)
+    seen = act(oned, "POLL", xml["POLL"], world, seen)
 
     chapter("MIGRATE host01 -> host02", "Live migration: tm premigrate, network pre on "
             "host02, vmm migrate on host01, network clean on host01, post on host02, "
             "tm postmigrate.")
-    seen = act(oned, "MIGRATE", payload("migrate_basic", "msg.xml", world), world, seen)
+    seen = act(oned, "MIGRATE", xml["MIGRATE"], world, seen)
 
     chapter("MIGRATE host02 -> host01 (fails)", "The migrate script on host02 exits 1 "
             "(fault rule: " + FAULTS.strip() + "). Watch the rollback: tm failmigrate "
             "(and, in default mode, the network set up on host01 is cleaned).")
-    seen = act(oned, "MIGRATE", payload("migrate_fail_vmm", "msg.xml", world, True),
-               world, seen)
+    seen = act(oned, "MIGRATE", xml["MIGRATE_BACK"], world, seen)
 
     chapter("SHUTDOWN", "The VM is still on host02: shut it down and clean its network.")
-    xml = payload("shutdown_basic", "msg.xml", world).replace("host01", "host02")
-    seen = act(oned, "SHUTDOWN", xml, world, seen)
+    seen = act(oned, "SHUTDOWN", xml["SHUTDOWN"], world, seen)
 
     chapter("FINALIZE", "oned stops the driver; stdin stays open until it exits.")
     print("  oned >>  FINALIZE")
@@ -166,12 +184,96 @@ def run_story(oned: Any, world: str) -> int:
     return code
 
 
+# ---------------------------------------------------------------------------
+# --real-hosts: the same story on real OpenSSH hosts (vmm_exec.testbed)
+# ---------------------------------------------------------------------------
+def host_files(bed: Any, world: Any) -> None:
+    """What the story left in each host's directory (scripts and bookkeeping aside)."""
+    for name, info in bed.hosts.items():
+        found = []
+        for top, dirs, files in os.walk(info.home):
+            rel_top = os.path.relpath(top, info.home)
+            dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel_top, d))
+                       not in (".sessions", "var/tmp/one")]
+            found += [os.path.normpath(os.path.join(rel_top, f)) for f in files]
+        shipped = os.path.isdir(info.remotes_path)
+        print(f"  [{name}] {info.address}:{info.port}, dir {info.home}")
+        print(f"    remote scripts in var/tmp/one: {'yes' if shipped else 'no'}")
+        for rel in sorted(found):
+            print(f"    {rel}")
+
+
+def run_real_hosts(opts: argparse.Namespace) -> Optional[int]:
+    """The story on a test bed of two real sshds; None if it cannot start (fall back)."""
+    try:
+        from tests.e2e.kit import World, format_journal
+        from vmm_exec.testbed import Testbed, Unavailable
+    except ImportError as exc:
+        print(f"real hosts unavailable: {exc}")
+        return None
+    bed = Testbed(names=("host01", "host02"), keep=opts.keep)
+    try:
+        bed.start()
+    except Unavailable as exc:
+        print(f"real hosts unavailable: {exc}")
+        return None
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        print(f"the real-hosts test bed failed to start: {exc}")
+        return None
+    world: Any = None
+    try:
+        world = World(bed, name="demo")
+        # host02 has no scripts yet: the driver ships them (scp) when it first needs them
+        world.reset_hosts(with_remotes=("host01",))
+        world.set_faults(FAULTS)
+        args = ("--compat strict " if opts.strict else "") + ARGS
+        print(f"test bed: {bed.root}  (two sshds, user {bed.user})")
+        for name, info in bed.hosts.items():
+            scripts = "with" if name == "host01" else "WITHOUT"
+            print(f"  {name}: {info.address}:{info.port}, {scripts} remote scripts")
+        print(f"world: {world.root}\ndriver: python -m vmm_exec {args}")
+        payloads = {
+            "DEPLOY": world.deploy_xml(VM, "host01"),
+            "POLL": world.poll_xml(VM, "host01"),
+            "MIGRATE": world.migrate_xml(VM, "host01", "host02"),
+            "MIGRATE_BACK": world.migrate_xml(VM, "host02", "host01"),
+            "SHUTDOWN": world.shutdown_xml(VM, "host02"),
+        }
+        with world.start_driver(args) as oned:
+            code = run_story(oned, world.root, payloads)
+        chapter("Journal", "What the real hosts ran, host by host, in call order "
+                           "('frontend' is oned's machine: tm scripts): when (after the "
+                           "first call), script, VM, argv, what it read, how it ended.")
+        print(format_journal(world.journal(), world.root, WIDTH))
+        chapter("Hosts", "What the story left in each host's own directory "
+                         "(REMOTE_DEPLOYMENT_FILE and the VM's files are relative paths).")
+        host_files(bed, world)
+        return 0 if code == 0 else 1
+    except (TimeoutError, RuntimeError, AssertionError) as error:
+        print(f"\nthe story stopped: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if world is not None:
+            world.stop_drivers()
+        bed.stop()
+        if opts.keep:
+            print(f"\ntest bed kept at {bed.root}")
+
+
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n\n")[0])
     parser.add_argument("--strict", action="store_true",
                         help="run the driver with --compat strict (Ruby transcripts)")
     parser.add_argument("--keep", action="store_true", help="keep the world directory")
+    parser.add_argument("--real-hosts", action="store_true",
+                        help="run the story on real OpenSSH hosts (vmm_exec.testbed: needs "
+                             "root and openssh-server); falls back to the simulated hosts")
     opts = parser.parse_args(list(argv))
+    if opts.real_hosts:
+        real = run_real_hosts(opts)
+        if real is not None:
+            return real
+        print("falling back to the simulated hosts\n")
     from vmm_exec.simoned import SimulatedOned  # the project's simulated oned
 
     world = new_world_dir()

@@ -283,12 +283,7 @@ def test_run_big_stdin_to_a_command_that_does_not_read_it(transport: Transport) 
     assert (result.code, result.stdout) == (0, "ignored\n")
 
 
-def test_run_timeout_kills_the_remote_command(transport: Transport, bed: Bed,
-                                              request: pytest.FixtureRequest) -> None:
-    if transport.name == "openssh":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="OpenSSHTransport.run kills only the local ssh client on "
-                                "timeout; sshd leaves the remote command running"))
+def test_run_timeout_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     mark = marker()
     started = time.monotonic()
     result = transport.run(Tracker(), "host01", f"sleep {mark}", None, 1.0)
@@ -302,12 +297,7 @@ def test_run_timeout_kills_the_remote_command(transport: Transport, bed: Bed,
             bed.ssh("host01", f"kill -9 {pid}")
 
 
-def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed,
-                                             request: pytest.FixtureRequest) -> None:
-    if transport.name == "openssh":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="OpenSSHTransport.run kills only the local ssh client on "
-                                "cancel; sshd leaves the remote command running"))
+def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     mark = marker()
     tracker = Tracker()
     outcome: List[object] = []
@@ -455,23 +445,11 @@ def _cancel_mid_command(transport: Transport, bed: Bed, kill_remote: bool) -> No
             bed.ssh("host01", f"kill -9 {pid}")
 
 
-def xfail_dash_group_kill(transport: Transport, request: pytest.FixtureRequest) -> None:
-    if transport.name == "openssh":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="openssh.remote_kill_command runs 'kill -TERM -- -PGID', "
-                                "which dash's kill rejects ('Illegal number: -'); the test "
-                                "bed user's login shell is /bin/sh"))
-
-
-def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: Bed,
-                                                request: pytest.FixtureRequest) -> None:
-    xfail_dash_group_kill(transport, request)
+def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     _cancel_mid_command(transport, bed, kill_remote=True)
 
 
-def test_stream_timeout_kills_the_remote_command(transport: Transport, bed: Bed,
-                                                 request: pytest.FixtureRequest) -> None:
-    xfail_dash_group_kill(transport, request)
+def test_stream_timeout_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     mark = marker()
     command = make_stream(transport, "host01", Tracker(), LogSink(), lambda: None)
     try:
@@ -744,3 +722,34 @@ def test_paramiko_concurrent_commands_to_a_down_host_fail_together(
         thread.join(20)
     assert len(results) == 8
     assert all(r.code == 255 and "Connection refused" in r.stderr for r in results)
+
+
+def test_paramiko_strict_mode_sends_the_command_text_unchanged(bed: Bed,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """kill_remote=False: no mark (the Ruby driver's text), the SSH signal still works."""
+    from vmm_exec.transports.paramiko_transport import MARK_VARIABLE, ParamikoTransport
+
+    monkeypatch.setenv("HOME", str(bed.client_home))
+    strict = ParamikoTransport(kill_remote=False)
+    default = ParamikoTransport()
+    try:
+        probe = f'echo "${{{MARK_VARIABLE}:-none}}"'
+        assert strict.run(Tracker(), "host01", probe, None, 10).stdout == "none\n"
+        assert default.run(Tracker(), "host01", probe, None, 10).stdout != "none\n"
+        channel = strict.open_stream(Tracker(), "host01", "bash", False)
+        channel.send(f"{probe}\nexit\n".encode())
+        channel.close_input()
+        got = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and channel.exit_status() is None:
+            got += b"".join(data for name, data in channel.receive(0.2) if name == "out")
+        assert (got, channel.exit_status()) == (b"none\n", 0)
+        channel.release()
+        mark = marker()
+        result = strict.run(Tracker(), PLAIN, f"sleep {mark}", None, 0.5)
+        assert result.timed_out
+        assert not remote_sleeps(bed, PLAIN, mark)
+    finally:
+        strict.close()
+        default.close()

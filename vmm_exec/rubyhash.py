@@ -162,8 +162,8 @@ class _Reader:
         if tok.kind == "ident":
             self.error(f"unexpected {tok.value} '{tok.text}' ({_LITERALS_ONLY})", tok.pos)
         if tok.kind == "label":
-            self.error(f"expected {expected}, found the label '{tok.text}' (a label is a hash "
-                       "key, as in { name: value })", tok.pos)
+            self.error(f"expected {expected}, found the label '{_clip(tok.text)}' (a label is "
+                       "a hash key, as in { name: value })", tok.pos)
         if tok.kind == "assign":
             self.error(f"unexpected assignment '{tok.text}' (only the whole input may be one "
                        "'name = value' assignment)", tok.pos)
@@ -453,10 +453,13 @@ def _describe(tok: _Token) -> str:
     if tok.kind == "eof":
         return "the end of input"
     if tok.kind != "value":
-        return f"'{tok.text}'"
-    text = tok.text if len(tok.text) <= 40 else tok.text[:37] + "..."
-    text = text.replace("\n", "\\n")
+        return f"'{_clip(tok.text)}'"
     v = tok.value
     kind = ("symbol " if isinstance(v, Symbol) else "string " if isinstance(v, str) else
             "integer " if type(v) is int else "")
-    return kind + text
+    return kind + _clip(tok.text)
+
+
+def _clip(text: str) -> str:
+    """Source text for a one-line message."""
+    return (text if len(text) <= 40 else text[:37] + "...").replace("\n", "\\n")

@@ -144,6 +144,21 @@ def stdin_is_the_stream():
     return False
 
 
+def kind_of(text):
+    """What the call read: nothing, XML (which element), base64 of XML, or text."""
+    if not text.strip():
+        return "nothing"
+    decoded = text
+    try:
+        decoded = base64.b64decode(text.strip(), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        pass
+    match = re.match(r"\s*<([A-Za-z_]+)", decoded)
+    if match is None:
+        return "text"
+    return "<%s> XML%s" % (match.group(1), "" if decoded is text else " (base64)")
+
+
 def vm_of(argv, text):
     """The VM id: the driver's id argument (vmm: ... ID HOST; tm: ... VMID DSID), else
     the first <ID> of the (base64) XML on stdin, else the hook environment."""
@@ -210,11 +225,19 @@ def main(argv):
     vm = vm_of(argv, data.decode("utf-8", "replace"))
     base = {"host": host, "script": SCRIPT, "vm": vm, "pid": os.getpid()}
     start = dict(base, ev="start", argv=argv, stdin_len=None if shared else len(data),
-                 pgid=os.getpgrp(), t=time.time())
+                 stdin_kind=kind_of(data.decode("utf-8", "replace")), pgid=os.getpgrp(),
+                 t=time.time())
     seen = watched()
     if seen is not None:
         start["watch"] = seen
     journal(start)
+    if SCRIPT.startswith("vmm/") and SCRIPT.endswith("/deploy") and argv and not shared:
+        # like the real deploy script: the domain (stdin) is saved as the deployment file
+        folder = os.path.dirname(argv[0])
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(argv[0], "wb") as handle:
+            handle.write(data)
     params = rule(host, vm)
     if "sleep" in params:
         time.sleep(float(params["sleep"]))
@@ -334,8 +357,12 @@ def format_journal(records: Sequence[Dict[str, Any]], world_root: str = "",
                         for a in item.get("argv", []))
         if len(argv) > width - 40:
             argv = argv[:width - 52] + f"...[{len(argv)} chars]"
-        stdin = ("the stream (no here-document)" if item.get("stdin_len") is None
-                 else f"{item['stdin_len']} bytes")
+        if item.get("stdin_len") is None:
+            stdin = "the stream itself (no here-document)"
+        elif not item["stdin_len"]:
+            stdin = "nothing"
+        else:
+            stdin = f"{item.get('stdin_kind', 'data')}, {item['stdin_len']} bytes"
         if item["rc"] is None:
             outcome = "no end (killed)"
         else:

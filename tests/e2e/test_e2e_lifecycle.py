@@ -57,8 +57,11 @@ def test_deploy_poll_migrate_shutdown(world: World, transport: str) -> None:
     deploy = next(r for r in starts(world.journal(), 42) if r["script"] == "vmm/kvm/deploy")
     assert deploy["argv"] == [f"{world.remote_vm_dir(42)}/deployment.0", "host01", "42",
                               "host01"]
-    assert deploy["stdin_len"] >= len(domain.encode())
     vm_dir = world.host_path("host01", world.remote_vm_dir(42))
+    with open(os.path.join(vm_dir, "deployment.0"), encoding="utf-8") as handle:
+        # saved by the deploy script as the real one does; the here-document adds one
+        # newline (`cat << EOT` with "STDIN\nEOT\n", as the Ruby driver sends it)
+        assert handle.read() == domain + "\n"
     with open(os.path.join(vm_dir, "vm.xml"), encoding="utf-8") as handle:
         assert handle.read().startswith("<VM><ID>42</ID>")
     with open(os.path.join(vm_dir, "ds.xml"), encoding="utf-8") as handle:

@@ -12,13 +12,13 @@ from vmm_exec.transports.api import Transport
 def make_transport(name: str, strict: bool = False) -> Transport:
     """The transport named on the command line (paramiko is imported only when chosen).
 
-    In strict mode the OpenSSH transport sends the Ruby driver's command text
-    unchanged (no remote process-group announcement).
+    In strict mode the command text is sent unchanged (no remote process-group
+    announcement or marker).
     """
     if name == "paramiko":
         from vmm_exec.transports.paramiko_transport import ParamikoTransport
 
-        return ParamikoTransport()
+        return ParamikoTransport(kill_remote=not strict)
     from vmm_exec.transports.openssh import OpenSSHTransport
 
     return OpenSSHTransport(kill_remote=not strict)

@@ -407,7 +407,8 @@ class _Stopper:
     (a cancellation hook may race with the command's own end): nothing is ever
     sent on a channel this side has closed."""
 
-    def __init__(self, chan: paramiko.Channel, fallback: Callable[[], None]) -> None:
+    def __init__(self, chan: paramiko.Channel,
+                 fallback: Optional[Callable[[], None]]) -> None:
         self.chan = chan
         self._fallback = fallback
         self._lock = threading.Lock()
@@ -550,7 +551,8 @@ class ParamikoChannel:
         self._released = False
         self._reported_loss = False
         host = conn.settings.alias
-        self._stopper = _Stopper(chan, lambda: owner.kill_marked(host, mark))
+        self._stopper = _Stopper(chan, (lambda: owner.kill_marked(host, mark))
+                                 if owner.mark_commands else None)
 
     @property
     def signalled(self) -> Optional[bool]:
@@ -654,11 +656,20 @@ class _FailedChannel:
 # --------------------------------------------------------------------------------------
 
 class ParamikoTransport:
-    """SSH through paramiko: pooled connections, channels per command."""
+    """SSH through paramiko: pooled connections, channels per command.
+
+    ``kill_remote=False`` (strict mode) sends the command text unchanged: no
+    marks, so only the SSH signal can stop remote commands (as ``make_transport``
+    does for OpenSSH with ``OpenSSHTransport(kill_remote=not strict)``).
+    """
 
     name = "paramiko"
 
-    def __init__(self, settings: Callable[[str], HostSettings] = host_settings) -> None:
+    def __init__(self, kill_remote: bool = True,
+                 settings: Callable[[str], HostSettings] = host_settings) -> None:
+        # False (strict mode): the remote command text stays the Ruby driver's, so
+        # no marks; only the SSH signal can then stop remote commands
+        self.mark_commands = kill_remote
         self._settings = settings
         self._lock = threading.Lock()
         self._host_locks: Dict[str, threading.Lock] = {}
@@ -776,7 +787,8 @@ class ParamikoTransport:
         try:
             if forward and os.environ.get("SSH_AUTH_SOCK"):
                 agent = AgentRequestHandler(chan)
-            chan.exec_command(stream_command(shell, mark))
+            chan.exec_command(stream_command(shell, mark) if self.mark_commands
+                              else f"{shell} -s")
         except (OSError, EOFError, paramiko.SSHException) as exc:
             try:
                 chan.close()
@@ -803,7 +815,7 @@ class ParamikoTransport:
     # -- one-shot commands --------------------------------------------------
     def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
             timeout: Optional[float]) -> Execution:
-        return self._run(tracker, host, command, stdin, timeout, True)
+        return self._run(tracker, host, command, stdin, timeout, self.mark_commands)
 
     def _run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
              timeout: Optional[float], mark_it: bool) -> Execution:
@@ -814,7 +826,7 @@ class ParamikoTransport:
             tracker.check()
             return Execution(command, 255, "", exc.message)
         mark = new_mark()
-        stopper = _Stopper(chan, lambda: self.kill_marked(host, mark))
+        stopper = _Stopper(chan, (lambda: self.kill_marked(host, mark)) if mark_it else None)
         try:
             result = self._execute(tracker, conn, stopper,
                                    marked_command(command, mark) if mark_it else command,
