@@ -290,3 +290,34 @@ def test_hook_module_documents_every_point() -> None:
     for point in ("pre", "post", "fail", "before D:A", "after D:A", "on-fail D:A"):
         assert point in doc
     assert os.path.basename(hooks_mod.DEFAULT_HOOK_DIRS[0]) == "hooks.d"
+
+
+# ---------------------------------------------------------------------------
+# Ruby step-hash syntax
+# ---------------------------------------------------------------------------
+EXAMPLE_RB = Path(__file__).resolve().parent.parent / \
+    "drivers/addons/storage-cache/hooks.d/51-storage-cache.rb.example"
+
+
+def test_ruby_hook_file_reads_like_its_toml_twin(tmp_path: Path) -> None:
+    rb = tmp_path / "51-storage-cache.rb"
+    rb.write_text(EXAMPLE_RB.read_text())
+    [ruby] = hooks_mod.load_ruby(str(rb))
+    toml = load_toml(str(EXAMPLE_RB.parent / "50-storage-cache.toml"))[0]
+    assert ruby.point == toml.point == "before vmm:migrate"
+    assert ruby.step.script_name == toml.step.script_name
+    assert ruby.step.destination and ruby.step.parameters == toml.step.parameters
+    assert [h.step.action for h in load_hooks([str(tmp_path)])] == ["cache_setup"]
+
+
+def test_ruby_hook_file_with_code_is_rejected_with_line_and_column(tmp_path: Path) -> None:
+    rb = write(tmp_path / "60-bad.rb", """\
+        [
+            { :point => "pre", :driver => :hook,
+              :script => "x", :parameters => [dfile, :host] }
+        ]
+        """)
+    with pytest.raises(HookError) as info:
+        hooks_mod.load_ruby(str(rb))
+    message = str(info.value)
+    assert "60-bad.rb" in message and ":3:" in message and "dfile" in message

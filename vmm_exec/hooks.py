@@ -122,12 +122,12 @@ def load_ruby(path: str) -> List[Hook]:
     is a step hash of the Ruby DSL plus ``:point`` (and optional
     ``:hypervisors``/``:actions``).
     """
-    from vmm_exec import rubyhash
+    from vmm_exec.rubyhash import RubyHashError, parse
 
     try:
         with open(path, encoding="utf-8") as handle:
-            value = rubyhash.parse(handle.read(), path)
-    except rubyhash.RubyHashError as exc:
+            value = parse(handle.read(), path)
+    except RubyHashError as exc:
         raise HookError(str(exc)) from exc
     except OSError as exc:
         raise HookError(f"{path}: {exc}") from exc
