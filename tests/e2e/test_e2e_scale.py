@@ -7,6 +7,7 @@ different hosts do work at the same time.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List, Tuple
 
@@ -54,7 +55,7 @@ def test_fifty_vms_on_four_hosts(world: World, action: str) -> None:
     world.set_faults(f"* {script} sleep=0.1")
     payloads = {vmid: (world.deploy_xml(vmid, host_of(vmid)) if action == "DEPLOY"
                        else world.reboot_xml(vmid, host_of(vmid))) for vmid in VMS}
-    oned = world.start_driver()  # -t 15 -r 0 kvm
+    oned = world.start_driver(transport=os.environ.get("E2E_TRANSPORT"))  # -t 15 -r 0 kvm
     started = time.monotonic()
     for vmid in VMS:
         oned.send_action(action, vmid, payloads[vmid])
