@@ -321,3 +321,20 @@ def test_ruby_hook_file_with_code_is_rejected_with_line_and_column(tmp_path: Pat
         hooks_mod.load_ruby(str(rb))
     message = str(info.value)
     assert "60-bad.rb" in message and ":3:" in message and "dfile" in message
+
+
+def test_hook_steps_inherit_the_rollback_of_the_step_they_stand_for(tmp_path: Path) -> None:
+    body = ('[[hook]]\npoint = "before vmm:migrate"\nscript = "b"\n'
+            '[[hook.fail_actions]]\nscript = "b-undo"\n'
+            '[[hook]]\npoint = "after tm:tm_premigrate"\nscript = "a"\n')
+    plan = weave(stock_plan(), load_toml(str(hook_file(tmp_path, "h.toml", body))), "kvm")
+    by_action = {s.action: s for s in plan.steps}
+    # before vmm:migrate fails: its own undo, then what migrate's failure would run
+    assert [f.action for f in by_action["b"].fail_actions] == ["b-undo", "tm_failmigrate"]
+    # after tm_premigrate fails: the rollback of the step that would have come next
+    assert [f.action for f in by_action["a"].fail_actions] == ["tm_failmigrate"]
+
+
+def test_a_hook_directory_named_twice_is_read_once(tmp_path: Path) -> None:
+    hook_file(tmp_path, "10.toml", '[[hook]]\npoint = "pre"\nscript = "x"\n')
+    assert len(load_hooks([str(tmp_path), str(tmp_path) + "/"])) == 1

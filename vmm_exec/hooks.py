@@ -71,7 +71,12 @@ def load_hooks(dirs: Sequence[str], errors: Optional[List[str]] = None) -> List[
     running and reports it on its diagnostics channel).
     """
     hooks: List[Hook] = []
+    seen = set()
     for directory in dirs:
+        real = os.path.realpath(directory)
+        if real in seen:
+            continue  # the same directory named twice is read once
+        seen.add(real)
         try:
             names = sorted(os.listdir(directory))
         except OSError:
@@ -262,17 +267,33 @@ def weave(plan: Any, hooks: Sequence[Hook], hypervisor: str) -> Any:
                    post_hooks=plan.post_hooks + post, fail_hooks=plan.fail_hooks + fail)
 
 
+def _inherit(hook_step: Step, rollback: Tuple[Step, ...]) -> Step:
+    """A hook step failing leaves the action where the neighbouring stock step's
+    failure would: after its own fail actions, that step's rollback runs."""
+    return replace(hook_step, fail_actions=hook_step.fail_actions + rollback)
+
+
 def _weave_steps(steps: Sequence[Step], hooks: Sequence[Hook]) -> List[Step]:
-    out: List[Step] = []
+    """Insert before/after hooks around their steps and on-fail hooks into rollbacks.
+
+    A ``before S`` hook inherits the rollback of S (S has not run yet); an
+    ``after S`` hook inherits the rollback of the step after S (which has not
+    run yet), so a failing hook never leaves set-up state behind.
+    """
+    woven = []
     for s in steps:
-        before = [_tag(h.step, h) for h in hooks if h.point == f"before {s.label}"]
-        after = [_tag(h.step, h) for h in hooks if h.point == f"after {s.label}"]
         on_fail = tuple(_tag(h.step, h, rollback=True) for h in hooks
                         if h.point == f"on-fail {s.label}")
-        fail_actions = tuple(_weave_steps(s.fail_actions, hooks)) + on_fail
-        out.extend(before)
-        out.append(replace(s, fail_actions=fail_actions))
-        out.extend(after)
+        woven.append(replace(s, fail_actions=tuple(_weave_steps(s.fail_actions, hooks))
+                             + on_fail))
+    out: List[Step] = []
+    for i, (s, w) in enumerate(zip(steps, woven)):
+        following = woven[i + 1].fail_actions if i + 1 < len(woven) else ()
+        out.extend(_inherit(_tag(h.step, h), w.fail_actions) for h in hooks
+                   if h.point == f"before {s.label}")
+        out.append(w)
+        out.extend(_inherit(_tag(h.step, h), following) for h in hooks
+                   if h.point == f"after {s.label}")
     return out
 
 
