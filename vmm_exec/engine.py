@@ -99,6 +99,7 @@ class ActionContext:
             raise StepError("this step runs on the migration target but MIGR_HOST is empty")
         if destination not in self._streams:
             host = self.value("dest_host" if destination else "host")
+
             def opener(h: str, shell: str, forward: bool) -> object:
                 return self.transport.open_stream(self.tracker, h, shell, forward)
 
@@ -183,6 +184,11 @@ class StepRunner:
             return run_ds(self.ctx, words, step.stdin)
         except StepError as exc:
             return False, str(exc)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crashing step fails, and is rolled back
+            traceback.print_exc()
+            return False, one_line(f"Internal error in the driver: {type(exc).__name__}: {exc}")
 
 
 def answer(ctx_writer: Writer, gate: Gate, action: str, msg_id: str, ok: bool,

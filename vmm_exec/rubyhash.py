@@ -11,7 +11,7 @@ Grammar (whitespace, line breaks and comments may separate any two tokens)::
     value    := array | hash | symbol | string | integer | true | false | nil
     array    := "[" [value ("," value)* [","]] "]"
     hash     := "{" [pair ("," pair)* [","]] "}"
-    pair     := key "=>" value | name ":" value | string ":" value
+    pair     := key "=>" value | name[?!] ":" value | string ":" value
     key      := symbol | string | integer
 
 * ``name = value`` (a local-variable name, e.g. ``steps = [...]``) gives the
@@ -299,9 +299,10 @@ class _Reader:
 
     def word(self, name: str, start: int, end: int) -> _Token:
         t = self.text
-        if t.startswith(":", end) and not t.startswith("::", end):
-            self.pos = end + 1
-            return _Token("label", Symbol(name), start, name + ":")
+        suffix = 1 if t[end: end + 1] in ("?", "!") and t[end + 1: end + 2] == ":" else 0
+        if t.startswith(":", end + suffix) and not t.startswith("::", end + suffix):
+            self.pos = end + suffix + 1
+            return _Token("label", Symbol(t[start: end + suffix]), start, t[start: self.pos])
         self.pos = end
         if name in _KEYWORDS:
             return _Token("value", _KEYWORDS[name], start, name)
@@ -323,6 +324,9 @@ class _Reader:
             self.pos = end
             return _Token("value", Symbol(value), start, t[start:end])
         m = _SYMBOL.match(t, start + 1)
+        if m and m.group()[-1] in "?!" and t.startswith("=", m.end()):
+            self.error(f"write a space between ':{m.group()}' and '=' (Ruby does not read "
+                       f"':{m.group()}=' as ':{m.group()} =')", start)
         if m:
             self.pos = m.end()
             return _Token("value", Symbol(m.group()), start, t[start: m.end()])
