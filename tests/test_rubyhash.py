@@ -8,11 +8,13 @@ RubyHashError ever escapes.
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import re
-import textwrap
-from typing import Any
+import shutil
+import subprocess
+from typing import Any, List, Tuple
 
 import pytest
 from hypothesis import example, given, settings
@@ -93,85 +95,93 @@ def test_assignment_is_optional_and_gives_the_value() -> None:
     assert parse("_x1 =\n  :a") == S("a")
 
 
-def test_nested_fail_actions_and_shorthand_keys() -> None:
-    text = """
-    { driver: :vmm, action: :migrate, "quoted key": 1, 'single': 2,
-      fail_actions: [ { driver: :vmm, action: :cancel, fail_actions: [ { driver: :vnm,
-        action: :clean, no_fail: true } ] } ],
-      :old => nil, 7 => false, "plain" => 'string', nil: 0, if: 1, Cap: 2, }
-    """
-    value = parse(text)
-    assert same(value, {
+NESTED = """
+{ driver: :vmm, action: :migrate, "quoted key": 1, 'single': 2, ok?: 3, done!: 4,
+  fail_actions: [ { driver: :vmm, action: :cancel, fail_actions: [ { driver: :vnm,
+    action: :clean, no_fail: true } ] } ],
+  :old => nil, 7 => false, "plain" => 'string', nil: 0, if: 1, Cap: 2, :q? => :a!, }
+"""
+
+COMMENTS = """\
+# leading comment
+=begin
+anything here: [ } "unterminated
+=end trailing words are part of the comment
+steps = # after the assignment
+[ # after [
+  :a, # after a value
+  # own line
+  { # after {
+    :k => # after =>
+      "v#x", # the # inside a string is not a comment
+    # before }
+  }, # after }
+=begin
+=end
+] # after ]
+=begin
+=end
+# trailing comment"""
+
+# Accepted texts and their values; Ruby (when installed) must read the same values.
+ACCEPTED = [
+    (NESTED, {
         S("driver"): S("vmm"), S("action"): S("migrate"), S("quoted key"): 1, S("single"): 2,
+        S("ok?"): 3, S("done!"): 4,
         S("fail_actions"): [{S("driver"): S("vmm"), S("action"): S("cancel"), S("fail_actions"): [
             {S("driver"): S("vnm"), S("action"): S("clean"), S("no_fail"): True}]}],
-        S("old"): None, 7: False, "plain": "string", S("nil"): 0, S("if"): 1, S("Cap"): 2})
-
-
-@pytest.mark.parametrize("literal, expected", [
+        S("old"): None, 7: False, "plain": "string", S("nil"): 0, S("if"): 1, S("Cap"): 2,
+        S("q?"): S("a!")}),
+    (COMMENTS, [S("a"), {S("k"): "v#x"}]),
+    ("[1]\n=begin\n=end", [1]), ("=begin\tx\n=endless\n=end\n2", 2),
+    ("x = \n=begin\n=end\n 3", 3), ("[1 # c\n]", [1]),
+    # escapes
     (r'"\\"', "\\"), (r'"\""', '"'), (r"'\''", "'"), (r'"\'"', "'"), (r'"\#{x}"', "#{x}"),
     (r'"\n\t\r\e\s"', "\n\t\r\x1b "), (r'"\a\b\f\v"', "\a\b\f\v"),
     (r'"\0"', "\0"), (r'"a\0b"', "a\0b"), (r'"\012"', "\n"), (r'"\101\1010"', "AA0"),
-    (r'"\377\277"', ERROR), (r'"\x41\x4"', "A\x04"), (r'"\x411"', "A1"),
-    (r'"\xC3\xA9"', "é"), (r'"\u00e9\u00E9"', "éé"), (r'"\u{1F600}"', "\U0001F600"),
-    (r'"\u{41 42  43}"', "ABC"), (r'"\u{ 9 }"', "\t"), (r'"\u00411"', "A1"),
-    ('"multi\nline"', "multi\nline"), ('"crlf\r\nline"', "crlf\nline"),
-    ('"# not interpolated #"', "# not interpolated #"), ('"é😀"', "é😀"), ('""', ""),
+    (r'"\x41\x4"', "A\x04"), (r'"\x411"', "A1"), (r'"\xC3\xA9"', "é"),
+    (r'"\u00e9\u00E9"', "éé"), (r'"\u{1F600}"', "\U0001F600"), (r'"\u{41 42  43}"', "ABC"),
+    (r'"\u{ 9 }"', "\t"), (r'"\u00411"', "A1"), ('"multi\nline"', "multi\nline"),
+    ('"crlf\r\nline"', "crlf\nline"), ('"# not interpolated #"', "# not interpolated #"),
+    ('"é😀"', "é😀"), ('""', ""),
     (r"'a\\b'", "a\\b"), (r"'it\'s'", "it's"), (r"'\n'", "\\n"), (r"'\\\\'", "\\\\"),
-    (r"'\x'", "\\x"), ("'#{x}'", "#{x}"), ("'a\\'", ERROR),
+    (r"'\x'", "\\x"), ("'#{x}'", "#{x}"), ("'#@x #$y'", "#@x #$y"),
+    # symbols
     (r':"a b\n"', S("a b\n")), (r":'a\'b'", S("a'b")), (':""', S("")), (":a?", S("a?")),
     (":save!", S("save!")), (":Const", S("Const")), (":_", S("_")), (":café", S("café")),
-])
-def test_string_and_symbol_escapes(literal: str, expected: Any) -> None:
-    if expected is ERROR:
-        error_of(literal)
-    else:
-        assert same(parse(literal), expected)
-
-
-@pytest.mark.parametrize("literal, expected", [
+    (":if", S("if")), (":nil", S("nil")), ("{:a? =>1}", {S("a?"): 1}),
+    # numbers and the rest
     ("0", 0), ("-0", 0), ("+7", 7), ("-42", -42), ("1_000_000", 1000000), ("-1_2", -12),
-    ("123456789012345678901234567890", 123456789012345678901234567890),
-    ("true", True), ("false", False), ("nil", None), ("[]", []), ("{}", {}), ("[ , ]", ERROR),
-])
-def test_scalars(literal: str, expected: Any) -> None:
-    if expected is ERROR:
-        error_of(literal)
-    else:
-        assert same(parse(literal), expected)
+    ("+1_000", 1000), ("123456789012345678901234567890", 123456789012345678901234567890),
+    ("true", True), ("false", False), ("nil", None), ("[]", []), ("{}", {}),
+    ("[1,2,]", [1, 2]), ("{a: 1,}", {S("a"): 1}), ("{:a=>1,:b=>:c}", {S("a"): 1, S("b"): S("c")}),
+    ("{a:1}", {S("a"): 1}), ('{"a"=>1}', {"a": 1}), ("{-1=>2}", {-1: 2}), ("[-1,+2]", [-1, 2]),
+    ("{a:\n1}", {S("a"): 1}), ("[\n1,\n2\n]", [1, 2]), ("steps=[1]", [1]), ("x =\n [1]", [1]),
+    ("[\r\n1,\f\v\t2\r\n]\r\n", [1, 2]), ("{a: -1}", {S("a"): -1}), ("\ufeff[1]", [1]),
+]
+
+# Accepted here but rejected by Ruby: line breaks are whitespace everywhere here.
+LENIENT = [
+    ("{ :k # comment\n => 1 }", {S("k"): 1}), ("[1\n, 2]", [1, 2]),
+    ("[\n[\n{\n}\n,\n]\n,\n]", [[{}]]), ("{\n:a\n=>\n1\n,\n}", {S("a"): 1}),
+]
+
+# Valid Ruby giving other values than a naive reader would, or unsupported: rejected here.
+REJECTED = [
+    r'"\377\277"', r'"\400"', r'"\u{}"', r'"\q"', '"a\\\nb"', r'"\M-a"', r'"#@"', r'"#@ x"',
+    "'a\\'", "- 1", "-00", "017", ":a=", "{:a?=>1}", "{:a!=>1}", '"a" "b"', "[ , ]", "[a: 1]",
+    "{ a: 1, :a => 2 }", "{ :a => 1, 'a' => 2 }",
+]
 
 
-def test_comments_everywhere_and_begin_end_blocks() -> None:
-    text = textwrap.dedent("""\
-        # leading comment
-        =begin
-        anything here: [ } "unterminated
-        =end trailing words are part of the comment
-        steps = # after the assignment
-        [ # after [
-          :a, # after a value
-          # own line
-          { # after {
-            :k # after a key (Ruby wants => on the same line; read as whitespace here)
-              => # after =>
-              "v#x", # the # inside a string is not a comment
-          }, # after }
-        ] # after ]
-        =begin
-        =end
-        # trailing comment""")
-    assert same(parse(text), [S("a"), {S("k"): "v#x"}])
-    assert parse("[1]\n=begin\n=end") == [1]
-    assert parse("=begin\tx\n=endless\n=end\n2") == 2
+@pytest.mark.parametrize("text, expected", ACCEPTED + LENIENT)
+def test_accepted(text: str, expected: Any) -> None:
+    assert same(parse(text), expected)
 
 
-def test_trailing_commas_whitespace_crlf_and_bom() -> None:
-    assert parse("[1,2,]") == [1, 2]
-    assert parse("{a: 1,}") == {"a": 1}
-    assert parse("[\n[\n{\n}\n,\n]\n,\n]") == [[{}]]
-    assert parse("\ufeff[\r\n1,\f\v\t2\r\n]\r\n") == [1, 2]
-    assert parse("{:a=>1,:b=>:c}") == {"a": 1, "b": "c"}
-    assert parse("{a:1}") == {"a": 1}
+@pytest.mark.parametrize("text", REJECTED)
+def test_rejected(text: str) -> None:
+    error_of(text)
 
 
 def test_symbol_type() -> None:
@@ -378,6 +388,8 @@ def render_int(value: int, rnd: random.Random) -> str:
 
 GAPS = [" ", " ", "", "\n", "\n    ", "\t", " # a comment, with [ { :x => \"y\" } ]\n",
         "\n=begin\n  } block comment {\n=end\n", "\r\n  "]
+TIGHT = [" ", "", "\t"]  # Ruby wants ',' and '=>' on the line of what they follow
+LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*[?!]?")
 
 
 def render(value: Any, rnd: random.Random) -> str:
@@ -386,34 +398,32 @@ def render(value: Any, rnd: random.Random) -> str:
     def gap() -> str:
         return rnd.choice(GAPS)
 
-    def trailing() -> str:
-        return "," + gap() if rnd.random() < 0.3 else ""
+    def items(parts: List[str]) -> str:
+        text = gap() + (rnd.choice(TIGHT) + "," + gap()).join(parts)
+        return text + (rnd.choice(TIGHT) + "," if parts and rnd.random() < 0.3 else "") + gap()
 
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "nil"}[value]
     if isinstance(value, int):
         return render_int(value, rnd)
     if isinstance(value, Symbol):
-        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*[?!]?", value) and rnd.random() < 0.7:
+        if LABEL.fullmatch(value) and rnd.random() < 0.7:
             return ":" + value
         return ":" + render_string(value, rnd)
     if isinstance(value, str):
         return render_string(value, rnd)
     if isinstance(value, list):
-        if not value:
-            return "[" + gap() + "]"
-        body = ("," + gap()).join(render(v, rnd) for v in value)
-        return "[" + gap() + body + gap() + trailing() + "]"
+        return "[" + items([render(v, rnd) for v in value]) + "]"
     pairs = []
     for key, val in value.items():
         if isinstance(key, Symbol) and rnd.random() < 0.6:
-            name = key if IDENT.fullmatch(key) and rnd.random() < 0.7 else render_string(key, rnd)
+            name = key if LABEL.fullmatch(key) and rnd.random() < 0.7 else render_string(key, rnd)
             pairs.append(name + ": " + gap() + render(val, rnd))  # a label needs a space after
         else:
-            pairs.append(render(key, rnd) + gap() + "=>" + gap() + render(val, rnd))
-    if not pairs:
-        return "{" + gap() + "}"
-    return "{" + gap() + ("," + gap()).join(pairs) + gap() + trailing() + "}"
+            key_text = render(key, rnd)
+            space = rnd.choice(TIGHT[:1] if key_text[-1] in "?!" else TIGHT)  # not ':a?=>'
+            pairs.append(key_text + space + "=>" + gap() + render(val, rnd))
+    return "{" + items(pairs) + "}"
 
 
 def render_document(value: Any, rnd: random.Random) -> str:
@@ -487,3 +497,77 @@ def test_mutated_literals_raise_only_ruby_hash_error(value: Any, rnd: random.Ran
                                         "\n", "#{", "1", "-"]))
     cut = data.draw(st.integers(0, 3))
     parse_or_error(text[:at] + insert + text[at + cut:])
+
+
+# ---------------------------------------------------------------------------------------
+# against Ruby itself (when installed): what is accepted here, Ruby reads the same way
+# ---------------------------------------------------------------------------------------
+
+RUBY = shutil.which("ruby")
+RUBY_EVAL = r"""
+require "json"
+def fresh; binding; end
+def tag(v)
+  case v
+  when Symbol then {"sym" => v.to_s}
+  when String then v.valid_encoding? ? {"str" => v} : {"bytes" => v.bytes}
+  when Integer then {"int" => v.to_s}
+  when Array then v.map { |x| tag(x) }
+  when Hash then {"hash" => v.map { |k, x| [tag(k), tag(x)] }}
+  else v
+  end
+end
+STDIN.each_line do |line|
+  begin
+    puts JSON.generate({"ok" => tag(eval(JSON.parse(line), fresh))})
+  rescue SyntaxError, StandardError => e
+    puts JSON.generate({"error" => e.message.scrub})
+  end
+end
+"""
+
+
+def tagged(value: Any) -> Any:
+    """``value`` as RUBY_EVAL writes a Ruby value."""
+    if isinstance(value, Symbol):
+        return {"sym": str(value)}
+    if isinstance(value, str):
+        return {"str": value}
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return {"int": str(value)}
+    if isinstance(value, list):
+        return [tagged(v) for v in value]
+    return {"hash": [[tagged(k), tagged(v)] for k, v in value.items()]}
+
+
+def ruby_eval(texts: List[str]) -> List[Any]:
+    assert RUBY is not None
+    stdin = "".join(json.dumps(text) + "\n" for text in texts)
+    done = subprocess.run([RUBY, "-W0", "-e", RUBY_EVAL], input=stdin, capture_output=True,
+                          text=True, encoding="utf-8", timeout=300, check=True)
+    return [json.loads(line) for line in done.stdout.split("\n") if line]
+
+
+@pytest.mark.skipif(RUBY is None, reason="ruby is not installed")
+def test_ruby_reads_the_same_values() -> None:
+    cases: List[Tuple[str, Any]] = [(DEPLOY, parse(DEPLOY))] + ACCEPTED
+
+    @settings(max_examples=1000, database=None)
+    @given(values, st.randoms(use_true_random=False))
+    def collect(value: Any, rnd: random.Random) -> None:
+        text = render_document(value, rnd)
+        cases.append((text, parse(text)))
+
+    collect()
+    results = ruby_eval([text for text, _ in cases])
+    assert len(results) == len(cases)
+    wrong = [(text, result) for (text, value), result in zip(cases, results)
+             if result != {"ok": tagged(value)}]
+    assert not wrong, wrong[:5]
+
+
+@pytest.mark.skipif(RUBY is None, reason="ruby is not installed")
+def test_ruby_rejects_what_is_lenient_here() -> None:
+    assert all("error" in result for result in ruby_eval([text for text, _ in LENIENT]))

@@ -42,7 +42,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from vmm_exec.simoned import Answer, SimulatedOned
 from vmm_exec.testbed import Testbed, pid_alive
@@ -597,8 +609,11 @@ class World:
     # payloads -----------------------------------------------------------------------
 
     def deployment_file(self, vmid: object) -> str:
-        """The local deployment file of ``vmid`` (a libvirt domain, as oned writes it)."""
+        """The local deployment file of ``vmid`` (a libvirt domain, as oned writes it),
+        written when missing."""
         path = os.path.join(self.var, "vms", str(vmid), "deployment.0")
+        if os.path.exists(path):
+            return path
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(
@@ -683,14 +698,14 @@ class World:
         """Run the add-on's ``install.sh <remotes>``; returns its output."""
         result = subprocess.run(["sh", str(ADDONS / name / "install.sh"), self.remotes],
                                 capture_output=True, text=True, timeout=30, check=True)
-        for top, dirs, files in os.walk(os.path.join(self.remotes, "vmm_exec")):
+        for top, dirs, _files in os.walk(os.path.join(self.remotes, "vmm_exec")):
             for entry in dirs:
                 os.chmod(os.path.join(top, entry), 0o755)
         os.chmod(os.path.join(self.remotes, "vmm_exec"), 0o755)
         return result.stdout
 
 
-def act(oned: SimulatedOned, action: str, vmid: object, xml: str,
+def act(oned: SimulatedOned, action: str, vmid: Union[int, str], xml: str,
         timeout: float = 30.0) -> Answer:
     """Send one request and wait (bounded) for its answer."""
     oned.send_action(action, vmid, xml)

@@ -96,9 +96,13 @@ def test_migrate_failing_at_each_step(world: World, case: str, mode: str, failin
 # lost hosts
 # --------------------------------------------------------------------------------------
 
-def test_unreachable_host_fails_deploy_quickly(world: World) -> None:
+@pytest.mark.parametrize("transport", ["openssh", "paramiko"])
+def test_unreachable_host_fails_deploy_quickly(world: World, transport: str) -> None:
+    why_not = transport_unavailable(transport)
+    if why_not:
+        pytest.skip(why_not)
     world.testbed.stop_host("host03")
-    oned = world.start_driver()
+    oned = world.start_driver(transport=transport)
     started = time.monotonic()
     answer = act(oned, "DEPLOY", 60, world.deploy_xml(60, "host03"), timeout=30)
     elapsed = time.monotonic() - started
@@ -111,9 +115,25 @@ def test_unreachable_host_fails_deploy_quickly(world: World) -> None:
     finalize_clean(world, oned)
 
 
-def test_sshd_killed_mid_action(world: World) -> None:
-    world.set_faults("host03 vmm/kvm/deploy sleep=60")
+def test_unreachable_migration_target(world: World) -> None:
+    """The target's sshd is down: its network cannot be set up; the storage is rolled
+    back on the front-end, nothing ran on the source."""
+    world.testbed.stop_host("host02")
     oned = world.start_driver()
+    answer = act(oned, "MIGRATE", 59, world.migrate_xml(59, "host01", "host02"))
+    why = context(world, oned)
+    assert not answer.success and "Error connecting to host02" in answer.info, why
+    assert world.calls(59) == [PREMIGRATE, FAILMIGRATE], why
+    finalize_clean(world, oned)
+
+
+@pytest.mark.parametrize("transport", ["openssh", "paramiko"])
+def test_sshd_killed_mid_action(world: World, transport: str) -> None:
+    why_not = transport_unavailable(transport)
+    if why_not:
+        pytest.skip(why_not)
+    world.set_faults("host03 vmm/kvm/deploy sleep=60")
+    oned = world.start_driver(transport=transport)
     oned.send_action("DEPLOY", 61, world.deploy_xml(61, "host03"))
     deploy = world.wait_started("host03", "vmm/kvm/deploy", 61)
     killed = time.monotonic()
@@ -212,8 +232,90 @@ def test_cancel_running_action_kills_the_remote_script(world: World, transport: 
     assert world.calls(63)[-1] == ("host01", "vmm/kvm/deploy"), why
     wait_gone(deploy["pid"], 8, "the cancelled deploy script on host01")
     assert host_process_gone(world, "host01", deploy["pid"])
+    # host01 is free again: the next action on it runs at once
+    answer = act(oned, "POLL", 163, world.poll_xml(163, "host01"), timeout=10)
+    assert answer.success, context(world, oned)
     finalize_clean(world, oned)
     assert oned.answers(63) == [], why
+
+
+def test_migrate_timing_out_rolls_back_on_the_target(world: World) -> None:
+    """``-w`` hits the hypervisor's migrate on host01: the script dies there, the
+    target's network is cleaned over host02's still open stream, then tm failmigrate."""
+    world.set_faults("host01 vmm/kvm/migrate sleep=60")
+    oned = world.start_driver("-w 2 -t 15 -r 0 kvm")
+    oned.send_action("MIGRATE", 58, world.migrate_xml(58, "host01", "host02"))
+    migrate = world.wait_started("host01", "vmm/kvm/migrate", 58)
+    answer = oned.wait_answer(58, timeout=30, action="MIGRATE")
+    why = context(world, oned)
+    assert not answer.success and "Timeout" in answer.info, why
+    assert world.calls(58) == [PREMIGRATE, TARGET_PRE, MIGRATE, TARGET_CLEAN, FAILMIGRATE], why
+    wait_gone(migrate["pid"], 8, "the timed-out migrate script on host01")
+    finalize_clean(world, oned)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_hanging_one_shot_poll_times_out_and_is_killed_on_the_host(world: World,
+                                                                   transport: str) -> None:
+    """POLL is a one-shot ``ssh HOST 'if [ -x ...'`` (no stream): its remote side too."""
+    why_not = transport_unavailable(transport)
+    if why_not:
+        pytest.skip(why_not)
+    world.set_faults("host01 vmm/kvm/poll sleep=60")
+    oned = world.start_driver("-w 2 -t 15 -r 0 kvm", transport=transport)
+    oned.send_action("POLL", 66, world.poll_xml(66, "host01"))
+    poll = world.wait_started("host01", "vmm/kvm/poll", 66)
+    answer = oned.wait_answer(66, timeout=30, action="POLL")
+    why = context(world, oned)
+    assert not answer.success and answer.info.startswith("Timeout executing "), why
+    wait_gone(poll["pid"], 8, "the timed-out poll script on host01")
+    assert host_process_gone(world, "host01", poll["pid"])
+    finalize_clean(world, oned)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cancel_running_one_shot_poll(world: World, transport: str) -> None:
+    why_not = transport_unavailable(transport)
+    if why_not:
+        pytest.skip(why_not)
+    world.set_faults("host01 vmm/kvm/poll sleep=60")
+    oned = world.start_driver(transport=transport)
+    oned.send_action("POLL", 67, world.poll_xml(67, "host01"))
+    poll = world.wait_started("host01", "vmm/kvm/poll", 67)
+    oned.cancel(67)
+    oned.wait_lines(lambda lines: "LOG I 67 Driver command for 67 cancelled" in lines, 10)
+    wait_gone(poll["pid"], 8, "the cancelled poll script on host01")
+    finalize_clean(world, oned)
+    assert oned.answers(67) == [], context(world, oned)
+
+
+@pytest.mark.parametrize("how, code", [("stdin EOF", 255), ("SIGTERM", 143)])
+def test_oned_gone_stops_every_script(world: World, how: str, code: int) -> None:
+    """oned dies (stdin EOF) or stops the driver (SIGTERM) while a script runs on a
+    host: the driver exits (255 / 143) and nothing is left, on the hosts either."""
+    world.set_faults("host01 vmm/kvm/deploy sleep=60")
+    oned = world.start_driver()
+    oned.send_action("DEPLOY", 68, world.deploy_xml(68, "host01"))
+    deploy = world.wait_started("host01", "vmm/kvm/deploy", 68)
+    if how == "SIGTERM":
+        assert oned.pid is not None
+        os.kill(oned.pid, signal.SIGTERM)
+    else:
+        oned.close_stdin()
+    assert oned.wait_exit(timeout=20) == code, context(world, oned)
+    wait_gone(deploy["pid"], 8, f"the deploy script on host01 after {how}")
+    assert oned.answers(68) == []
+    world.wait_no_leftovers()
+
+
+def test_finalize_waits_for_the_running_action(world: World) -> None:
+    world.set_faults("host01 vmm/kvm/deploy sleep=1.5")
+    oned = world.start_driver()
+    oned.send_action("DEPLOY", 69, world.deploy_xml(69, "host01"))
+    world.wait_started("host01", "vmm/kvm/deploy", 69)
+    finalize_clean(world, oned)
+    assert [(a.action, a.result, a.info) for a in oned.answers()] == [
+        ("DEPLOY", "SUCCESS", "one-69")], context(world, oned)
 
 
 def test_cancel_queued_action_never_runs(world: World) -> None:

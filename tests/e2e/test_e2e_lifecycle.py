@@ -10,6 +10,8 @@ OpenSSH, SFTP for paramiko), on the stream path and on the one-shot path.
 from __future__ import annotations
 
 import os
+import re
+from xml.sax.saxutils import escape
 
 import pytest
 
@@ -123,4 +125,46 @@ def test_host_without_scripts_gets_them_on_the_one_shot_path(world: World,
     assert "Updating remotes" in texts
     assert world.calls(8) == [("host04", "vmm/kvm/poll")]
     assert tree_hashes(world.host_path("host04", REMOTE_DIR)) == tree_hashes(world.remotes)
+    finalize_clean(world, oned)
+
+
+def test_values_cannot_inject_into_the_remote_shell(world: World, transport: str) -> None:
+    """A deploy id full of shell syntax reaches the scripts as one argv element, through
+    the stream (SHUTDOWN, REBOOT) and the one-shot path (POLL), and runs nothing."""
+    evil = """it's a "vm" $(touch pwned1) `touch pwned2`; touch pwned3 \\ x"""
+    oned = world.start_driver(transport=transport)
+    for action, xml in (("SHUTDOWN", world.shutdown_xml(9, "host01")),
+                        ("POLL", world.poll_xml(9, "host01")),
+                        ("REBOOT", world.reboot_xml(9, "host01"))):
+        xml = re.sub("<DEPLOY_ID>one-9</DEPLOY_ID>", f"<DEPLOY_ID>{escape(evil)}</DEPLOY_ID>",
+                     xml)
+        assert act(oned, action, 9, xml).success, context(world, oned)
+    finalize_clean(world, oned)
+    vmm = [r for r in starts(world.journal(), 9) if r["script"].startswith("vmm/")]
+    assert [(r["script"], r["argv"]) for r in vmm] == [
+        ("vmm/kvm/shutdown", [evil, "host01", "9", "host01"]),
+        ("vmm/kvm/poll", [evil, "host01", "9", "host01"]),
+        ("vmm/kvm/reboot", [evil, "host01", "9", "host01"])]
+    for where in (world.host_path("host01"), world.var):
+        assert not [name for name in os.listdir(where) if name.startswith("pwned")]
+
+
+def test_large_deployment_file_and_a_restarted_host(world: World, transport: str) -> None:
+    """A 2 MiB domain goes through the here-document without a deadlock; a host whose
+    sshd was killed and restarted between two actions is reached again (paramiko: no
+    stale pooled connection)."""
+    oned = world.start_driver(transport=transport)
+    assert act(oned, "POLL", 10, world.poll_xml(10, "host01")).success
+    world.testbed.kill_host("host01")
+    world.testbed.start_host("host01")
+    xml = world.deploy_xml(10, "host01")
+    with open(world.deployment_file(10), "a", encoding="utf-8") as handle:
+        handle.write("<!-- " + "x" * (2 << 20) + " -->\n")
+    answer = act(oned, "DEPLOY", 10, xml, timeout=60)
+    assert answer.success and answer.info == "one-10", context(world, oned)
+    with open(world.deployment_file(10), encoding="utf-8") as handle:
+        domain = handle.read()
+    saved = world.host_path("host01", world.remote_vm_dir(10), "deployment.0")
+    with open(saved, encoding="utf-8") as handle:
+        assert handle.read() == domain + "\n"
     finalize_clean(world, oned)
