@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 from vmm_exec import rubyisms
 from vmm_exec.protocol import split_stderr
 from vmm_exec.quoting import bare, single_quoted
-from vmm_exec.steps import DirectCall, Sym
+from vmm_exec.steps import DirectCall, Step, Sym
 from vmm_exec.transports.base import Execution
 from vmm_exec.transports.local import capture, report, run_local
 from vmm_exec.transports.remote import run_remotes_command
@@ -59,7 +59,7 @@ def action_command_line(ctx: ActionContext, action: str, parameters: str,
 
 
 # -- vmm -------------------------------------------------------------------
-def run_vmm(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-defined]  # noqa: F821
+def run_vmm(ctx: ActionContext, step: Step) -> Outcome:
     host = ctx.value("dest_host") if step.destination else ctx.value("host")
     params = render_parameters(ctx, step.parameters)
     if not step.no_extra_params:
@@ -80,7 +80,7 @@ def run_vmm(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-def
 
 
 # -- vnm -------------------------------------------------------------------
-def run_vnm(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-defined]  # noqa: F821
+def run_vnm(ctx: ActionContext, step: Step) -> Outcome:
     drivers, vm_xml = ctx.vnm_view(step.destination)
     params = " " + render_parameters(ctx, step.parameters)
     skip = step.skip if not ctx.config.strict else ()
@@ -189,7 +189,7 @@ def hook_stdin(ctx: ActionContext, spec: Optional[str]) -> str:
     return spec
 
 
-def run_hook(ctx: ActionContext, step: Step) -> Outcome:  # type: ignore[name-defined]  # noqa: F821
+def run_hook(ctx: ActionContext, step: Step) -> Outcome:
     """An add-on script: on the front-end, or on the host/target through the action's stream.
 
     The script gets its parameters as argv, the hook environment (VM id,
