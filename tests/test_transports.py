@@ -15,7 +15,6 @@ the test started.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1519,15 +1518,13 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHost:
 def run_remotes(tracker: Tracker, command: str, host: str, remote_dir: str, local_remotes: str,
                 log: LogSink, stdin: Optional[str], retries: int,
                 timeout: Optional[float]) -> Execution:
-    """``run_remotes_command`` with the OpenSSH binaries, whatever its current signature."""
-    remote = _remote()
-    args: Sequence[object] = (tracker, command, host, remote_dir, local_remotes, log, stdin,
-                              retries, timeout)
-    if "transport" in inspect.signature(remote.run_remotes_command).parameters:
-        from vmm_exec.transports.openssh import OpenSSHTransport
+    """``run_remotes_command`` with the OpenSSH binaries as strict mode uses them:
+    the remote command text exactly the Ruby driver's (no process-group marker)."""
+    from vmm_exec.transports.openssh import OpenSSHTransport
 
-        args = (OpenSSHTransport(), *args)
-    return remote.run_remotes_command(*args)
+    return _remote().run_remotes_command(OpenSSHTransport(kill_remote=False), tracker, command,
+                                         host, remote_dir, local_remotes, log, stdin, retries,
+                                         timeout)
 
 
 def test_remotes_missing_no_retry(fake_host: FakeHost) -> None:
