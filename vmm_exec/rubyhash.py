@@ -33,7 +33,8 @@ Grammar (whitespace, line breaks and comments may separate any two tokens)::
 * Everything else (variables, constants, method calls, operators, ranges,
   ``%w[]``, heredocs, ...) is an error; arrays and hashes nest at most
   :data:`MAX_DEPTH` deep. Where this reader accepts a text, Ruby reads the same
-  value (it may reject a few line breaks this reader takes as whitespace).
+  value, except that Ruby rejects a line break before ``,`` or ``=>`` (checked
+  against Ruby 3.1 by tests/test_rubyhash.py when ``ruby`` is installed).
 """
 
 from __future__ import annotations
