@@ -89,6 +89,14 @@ MARK_VARIABLE = "VMM_EXEC_CHANNEL"
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
+def _close_quietly(closable: Any) -> None:
+    """Close a channel/client/agent whose connection may already be gone."""
+    try:
+        closable.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+
+
 class ConnectFailure(Exception):
     """No usable connection; ``message`` is what the ssh binary would print."""
 
@@ -320,10 +328,7 @@ class _Connection:
         return transport is not None and transport.is_active()
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        _close_quietly(self.client)
 
 
 # --------------------------------------------------------------------------------------
@@ -390,10 +395,7 @@ def stop_remote(chan: paramiko.Channel, grace: float,
         over = wait_closed(chan, 1.0)
     transport = chan.get_transport()
     alive = transport is not None and transport.is_active()
-    try:
-        chan.close()
-    except Exception:  # noqa: BLE001 - the connection may be gone already
-        pass
+    _close_quietly(chan)
     if not over and alive and fallback is not None:
         try:
             fallback()
@@ -422,10 +424,7 @@ class _Stopper:
 
     def close(self) -> None:
         with self._lock:
-            try:
-                self.chan.close()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
+            _close_quietly(self.chan)
 
 
 def new_mark() -> str:
@@ -611,10 +610,7 @@ class ParamikoChannel:
                 self.terminate()
         self._stopper.close()
         if self._agent is not None:
-            try:
-                self._agent.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _close_quietly(self._agent)
         if self._dedicated:
             self._owner._drop_dedicated(self._conn)
         else:
@@ -790,10 +786,7 @@ class ParamikoTransport:
             chan.exec_command(stream_command(shell, mark) if self.mark_commands
                               else f"{shell} -s")
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _close_quietly(chan)
             if forward:
                 self._drop_dedicated(conn)
             else:
@@ -916,10 +909,7 @@ class ParamikoTransport:
 
         def stop() -> None:
             stopped.set()
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _close_quietly(chan)
 
         tracker.on_kill(stop)
         timer = threading.Timer(timeout, stop) if timeout is not None else None
@@ -939,10 +929,7 @@ class ParamikoTransport:
         finally:
             if timer is not None:
                 timer.cancel()
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
+            _close_quietly(chan)
             self._unreserve(conn)
         if tracker.cancelled:
             raise Cancelled()
