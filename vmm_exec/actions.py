@@ -11,6 +11,7 @@ missing instead.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, List, Optional
 
 from vmm_exec import rubyisms, xmlcompat
@@ -132,8 +133,6 @@ def deploy(req: BuildRequest) -> ActionPlan:
 def _file_empty(path: str) -> bool:
     """Ruby ``File.empty?``: false for a missing file (which then fails to open)."""
     try:
-        import os
-
         return os.path.getsize(path) == 0
     except OSError:
         return False

@@ -49,8 +49,10 @@ def diag(text: str) -> None:
 
 
 def host_of(job: Job) -> Optional[str]:
-    """The HOST of a queued request, for single-host scheduling."""
-    return messages.decode(job.payload).text("HOST")
+    """The HOST of a queued request, for single-host scheduling (the decoded
+    message stays on the job for the action itself)."""
+    job.decoded = messages.decode(job.payload)
+    return job.decoded.text("HOST")
 
 
 class Driver:
@@ -69,7 +71,8 @@ class Driver:
 
     def _execute(self, job: Job) -> None:
         perform(job.action, job.msg_id, job.payload, self.config, self.writer, job.tracker,
-                job.gate, self.transport, self.hooks)
+                job.gate, self.transport, self.hooks,
+                job.decoded if isinstance(job.decoded, messages.Message) else None)
 
     # -- request loop ---------------------------------------------------------
     def handle(self, line: str) -> None:

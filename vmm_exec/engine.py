@@ -272,15 +272,19 @@ class BuildRequest:
 
 def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,
             tracker: Tracker, gate: Gate, transport: Transport,
-            hooks: Sequence[Hook] = ()) -> None:
-    """Carry out one request and send its single answer (none if cancelled)."""
+            hooks: Sequence[Hook] = (), message: Optional[Message] = None) -> None:
+    """Carry out one request and send its single answer (none if cancelled).
+
+    ``message`` is the payload already decoded (by the scheduler's host lookup).
+    """
     from vmm_exec.actions import build
 
     try:
-        try:
-            message = messages.decode(payload)
-        except MessageError as exc:
-            raise ActionError(f"Cannot perform {action}: {exc}") from exc
+        if message is None:
+            try:
+                message = messages.decode(payload)
+            except MessageError as exc:
+                raise ActionError(f"Cannot perform {action}: {exc}") from exc
         request = BuildRequest(action, msg_id, message, config, payload)
         plan = build(request)
         if isinstance(plan, Immediate):

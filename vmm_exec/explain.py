@@ -120,10 +120,10 @@ def render_text(action: str, plan: object, config: DriverConfig) -> str:
         lines.append(f"  answered at once: {plan.action} {plan.result} {plan.info}")
         return "\n".join(lines) + "\n"
     call = plan.call if isinstance(plan, HookedCall) else plan
-    for title, hooks in (("pre hooks", getattr(plan, "pre_hooks", ())),):
-        if hooks:
-            lines.append(f"  {title}:")
-            steps(hooks, 4)
+    pre_hooks = getattr(plan, "pre_hooks", ())
+    if pre_hooks:
+        lines.append("  pre hooks:")
+        steps(pre_hooks, 4)
     if isinstance(call, DirectCall):
         lines.append(f"  one-shot call: vmm:{call.script_name or call.script_action} on the host "
                      f"(answered with its output)")

@@ -314,7 +314,7 @@ class HookedCall:
 def hook_environment(data: Mapping[str, Optional[str]], action: str, point: str,
                      origin: str = "") -> Dict[str, str]:
     """What a hook script gets in its environment (documented in the README)."""
-    env = {
+    return {
         "VMM_HOOK_ACTION": action,
         "VMM_HOOK_POINT": point,
         "VMM_HOOK_ORIGIN": origin,
@@ -325,4 +325,3 @@ def hook_environment(data: Mapping[str, Optional[str]], action: str, point: str,
         "VMM_FAILED_STEP": data.get("failed_step") or "",
         "VMM_FAILED_INFO": data.get("failed_info_text") or "",
     }
-    return env

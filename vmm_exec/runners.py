@@ -64,9 +64,10 @@ def run_vmm(ctx: ActionContext, step: Step) -> Outcome:
     params = render_parameters(ctx, step.parameters)
     if not step.no_extra_params:
         params = f"{params} {bare(ctx.msg_id)} {bare(host)}"
-    local = ctx.config.action_is_local(step.action) or bool(step.is_local)
+    local_script = ctx.config.action_is_local(step.action)  # -l: the script path is local
+    local = local_script or bool(step.is_local)              # is_local: run it on the front-end
     command = action_command_line(ctx, step.action, params, step.script_name,
-                                  ctx.config.vmm_directory, ctx.config.action_is_local(step.action))
+                                  ctx.config.vmm_directory, local_script)
     stdin = step.stdin if step.stdin is not None else ctx.message.xml()
     if local:
         result = run_local(ctx.tracker, command, ctx.log,

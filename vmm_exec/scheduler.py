@@ -32,6 +32,8 @@ class Job:
     gate: Gate = field(default_factory=Gate)
     host: object = _UNSET
     thread: Optional[threading.Thread] = None
+    # what the host lookup decoded, kept so the action does not decode it again
+    decoded: object = None
 
 
 class Scheduler:
