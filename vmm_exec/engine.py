@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from vmm_exec import message as messages
 from vmm_exec import rubyisms
@@ -232,6 +232,14 @@ def execute_plan(ctx: ActionContext, plan: Plan) -> Tuple[bool, str]:
     return ok, info
 
 
+def effective(plan: Union[Plan, DirectCall], config: DriverConfig,
+              hooks: Sequence[Hook]) -> Union[Plan, DirectCall, HookedCall]:
+    """What actually runs: the stock plan, default mode's rollbacks, the hooks."""
+    if isinstance(plan, Plan) and not config.strict:
+        plan = harden(plan)
+    return weave(plan, hooks, config.hypervisor)
+
+
 def execute_call_with_hooks(ctx: ActionContext, hooked: HookedCall) -> Tuple[bool, str]:
     """A one-call action with hooks: the call's own outcome is the answer."""
     runner = StepRunner(ctx)
@@ -291,11 +299,9 @@ def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer
             answer(writer, gate, plan.action, msg_id, plan.result == RESULT_SUCCESS, plan.info)
             return
         ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate, transport)
-        if isinstance(plan, Plan) and not config.strict:
-            plan = harden(plan)
         if isinstance(plan, Plan):
             ctx.forward = plan.main_action.upper() in config.delegate_actions
-        woven = weave(plan, hooks, config.hypervisor)
+        woven = effective(plan, config, hooks)
         if isinstance(woven, HookedCall):
             ok, info = execute_call_with_hooks(ctx, woven)
         elif isinstance(woven, DirectCall):

@@ -15,11 +15,10 @@ from typing import Optional, Sequence, Tuple
 
 from vmm_exec.actions import ACTIONS, build
 from vmm_exec.config import DriverConfig, Paths
-from vmm_exec.engine import ActionError, BuildRequest
-from vmm_exec.hooks import HookedCall, HookError, hook_dirs, load_hooks, weave
+from vmm_exec.engine import ActionError, BuildRequest, effective
+from vmm_exec.hooks import HookedCall, HookError, hook_dirs, load_hooks
 from vmm_exec.message import MessageError
 from vmm_exec.message import decode as decode_message
-from vmm_exec.rollback import harden
 from vmm_exec.steps import DirectCall, Immediate, Plan, Step
 
 _DS = "host01:/var/lib/one//datastores/0/42"
@@ -85,11 +84,9 @@ def effective_plan(action: str, xml: str, config: DriverConfig, hooks: Sequence)
     request = BuildRequest(action, "42", decode_message(payload), config, payload,
                            explain=True)
     plan = build(request)
-    if isinstance(plan, Plan) and not config.strict:
-        plan = harden(plan)
     if isinstance(plan, Immediate):
         return plan
-    return weave(plan, hooks, config.hypervisor)
+    return effective(plan, config, hooks)
 
 
 def _describe(step: Step) -> str:
