@@ -14,8 +14,9 @@ from helpers import process_alive, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmm_exec.cancel import CancelScope
+from vmm_exec.protocol import Request
 from vmm_exec.scheduler import Job, Scheduler
-from vmm_exec.transports.base import Tracker
 
 WAIT = 5.0
 
@@ -60,20 +61,15 @@ class FakeExecute:
                 self.max_per_host[host] = max(self.max_per_host[host], same)
         try:
             if self.spawn:
-                proc = job.tracker.spawn(["sleep", "30"])
+                proc = job.scope.spawn(["sleep", "30"])
                 with self.lock:
                     self.procs[job.msg_id] = proc
-                try:
-                    proc.wait(WAIT * 2)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                finally:
-                    job.tracker.release(proc)
+                if job.scope.wait(proc, WAIT * 2) is None:
+                    job.scope.stop(proc, 0)
             else:
                 deadline = time.monotonic() + WAIT * 2
                 while not event.wait(0.01):
-                    if job.tracker.cancelled or time.monotonic() > deadline:
+                    if job.scope.cancelled or time.monotonic() > deadline:
                         break
         finally:
             with self.lock:
@@ -103,8 +99,8 @@ class FakeExecute:
         time.sleep(seconds)
 
 
-def job(msg_id: object, action: str = "POLL") -> Job:
-    return Job(action, int(msg_id), str(msg_id), "")
+def request(msg_id: object, action: str = "POLL") -> Request:
+    return Request(action, int(msg_id), str(msg_id), "")
 
 
 class Harness:
@@ -115,8 +111,8 @@ class Harness:
         self.scheduler = Scheduler(concurrency, single_host, self.fake, self.host_of)
         self.jobs: Dict[str, Job] = {}
 
-    def host_of(self, j: Job) -> Optional[str]:
-        host = self.hosts[j.msg_id]
+    def host_of(self, r: Request) -> Optional[str]:
+        host = self.hosts[r.msg_id]
         if host == "RAISE":
             raise ValueError("unreadable payload")
         return host
@@ -124,9 +120,10 @@ class Harness:
     def submit(self, *msg_ids: object) -> List[bool]:
         results = []
         for msg_id in msg_ids:
-            j = job(msg_id)
-            self.jobs[j.msg_id] = j
-            results.append(self.scheduler.submit(j))
+            j = self.scheduler.submit(request(msg_id))
+            if j is not None:
+                self.jobs[j.msg_id] = j
+            results.append(j is not None)
         return results
 
 
@@ -256,7 +253,7 @@ def test_cancel_queued_job_removes_it(make) -> None:  # noqa: ANN001
     cancelled = h.scheduler.cancel(2)
     assert cancelled is h.jobs["2"]
     assert not cancelled.gate.open
-    assert not cancelled.tracker.cancelled
+    assert not cancelled.scope.cancelled
     assert h.scheduler.cancel(99) is None
     h.fake.release(1)
     h.fake.wait_started(3)
@@ -279,40 +276,56 @@ def test_cancel_queued_job_of_a_blocked_host(make) -> None:  # noqa: ANN001
     assert h.fake.started() == ["1", "3"]
 
 
-def test_cancel_running_job_cancels_its_tracker_and_shuts_its_gate(make) -> None:  # noqa: ANN001
+def test_cancel_running_job_cancels_its_scope_and_shuts_its_gate(make) -> None:  # noqa: ANN001
     h = make(5, True, {1: "h1", 2: "h1"}, spawn=True)
     h.submit(1, 2)
     h.fake.wait_started(1)
     wait_until(lambda: "1" in h.fake.procs, WAIT, what="sleep spawned")
     proc = h.fake.procs["1"]
     j1 = h.jobs["1"]
-    assert isinstance(j1.tracker, Tracker)
+    assert isinstance(j1.scope, CancelScope)
     start = time.monotonic()
     assert h.scheduler.cancel(1) is j1
     assert time.monotonic() - start < 1.0  # the request loop is never held up
     assert not j1.gate.open
-    wait_until(lambda: j1.tracker.cancelled, WAIT, what="tracker cancelled")
+    wait_until(lambda: j1.scope.cancelled, WAIT, what="scope cancelled")
     wait_until(lambda: proc.poll() is not None, WAIT, what="sleep killed")
     assert not process_alive(proc.pid)
     # the host is free again: job 2 runs (and is released by its own cancel)
     h.fake.wait_started(2)
-    assert h.jobs["2"].gate.open and not h.jobs["2"].tracker.cancelled
+    assert h.jobs["2"].gate.open and not h.jobs["2"].scope.cancelled
     h.scheduler.cancel(2)
     h.fake.wait_stopped(1, 2)
 
 
-def test_cancel_running_job_with_a_plain_tracker(make) -> None:  # noqa: ANN001
+def test_cancel_running_job_that_started_nothing(make) -> None:  # noqa: ANN001
     h = make(1, True, {7: "h1", 8: "h2"})
     h.submit(7, 8)
     h.fake.wait_started(7)
     j7 = h.jobs["7"]
     h.scheduler.cancel(7)
     assert not j7.gate.open
-    wait_until(lambda: j7.tracker.cancelled, WAIT, what="tracker cancelled")
+    wait_until(lambda: j7.scope.cancelled, WAIT, what="scope cancelled")
     h.fake.wait_stopped(7)
     h.fake.wait_started(8)
     h.fake.release(8)
     h.fake.wait_stopped(8)
+
+
+def test_cancel_stops_only_the_newest_running_action_of_an_id(make) -> None:  # noqa: ANN001
+    """Ruby keeps running actions by id (the newest replaces older ones) and cancels
+    only that one; the older action with the same id goes on and answers."""
+    h = make(5, False, {})
+    old = h.scheduler.submit(Request("POLL", 5, "5", ""))
+    h.fake.wait_started(5)
+    new = h.scheduler.submit(Request("SHUTDOWN", 5, "5", ""))
+    assert old is not None and new is not None
+    wait_until(lambda: new.thread is not None, WAIT, what="second action dispatched")
+    assert h.scheduler.cancel(5) is new
+    wait_until(lambda: new.scope.cancelled, WAIT, what="newest cancelled")
+    assert old.gate.open and not old.scope.cancelled
+    h.fake.release(5)
+    h.fake.wait_stopped(5)
 
 
 # --------------------------------------------------------------------------------------
@@ -336,7 +349,7 @@ def test_finalize_waits_for_queued_and_running_jobs(make) -> None:  # noqa: ANN0
     assert h.scheduler.wait_finished(WAIT) is True
     h.fake.settle(0.1)
     assert h.fake.started() == ["1", "2"]
-    assert h.jobs["3"].thread is None
+    assert "3" not in h.jobs
 
 
 def test_finalize_when_idle(make) -> None:  # noqa: ANN001
@@ -369,7 +382,7 @@ def test_stop_all_cancels_everything(make) -> None:  # noqa: ANN001
     assert time.monotonic() - start < 4.0
     for msg_id in ("1", "2", "3", "4"):
         assert not h.jobs[msg_id].gate.open
-    assert h.jobs["1"].tracker.cancelled and h.jobs["2"].tracker.cancelled
+    assert h.jobs["1"].scope.cancelled and h.jobs["2"].scope.cancelled
     for msg_id in ("1", "2"):
         proc = h.fake.procs[msg_id]
         wait_until(lambda p=proc: p.poll() is not None, WAIT, what="sleep killed")
@@ -423,7 +436,7 @@ def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
                                           data: st.DataObject) -> None:
     hosts: Dict[str, Optional[str]] = {}
     fake = FakeExecute(hosts)
-    scheduler = Scheduler(limit, single_host, fake, lambda j: hosts[j.msg_id])
+    scheduler = Scheduler(limit, single_host, fake, lambda r: hosts[r.msg_id])
     model = Model(limit, single_host, hosts)
     jobs: Dict[str, Job] = {}
     finished: Set[str] = set()
@@ -447,8 +460,9 @@ def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
             else:
                 msg_id = str(step)
                 hosts[msg_id] = data.draw(st.sampled_from(["h1", "h2", "h3", None]))
-                jobs[msg_id] = job(msg_id)
-                assert scheduler.submit(jobs[msg_id])
+                submitted = scheduler.submit(request(msg_id))
+                assert submitted is not None
+                jobs[msg_id] = submitted
                 model.submit(msg_id)
             assert dispatched() == set(model.running)
             assert len(model.running) <= limit

@@ -8,7 +8,7 @@ size, stdin, timeouts and cancellation that really stop the remote commands,
 connection failures as exit status 255 with ssh's message, the framed stream
 with its ``-x`` check and remotes update, and the remotes copy.
 
-The hosts are the test bed's (:mod:`vmm_exec.testbed`): real OpenSSH sshds on
+The hosts are the test bed's (:mod:`tests/testbed.py`): real OpenSSH sshds on
 loopback addresses, a non-root user, throwaway keys, a working directory per
 host (relative remote paths land there). Remote processes are looked for over
 a separate connection with ``pgrep``.
@@ -27,13 +27,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from testbed import Testbed
 
-from vmm_exec.testbed import Testbed
+from vmm_exec.cancel import Cancelled, CancelScope
 from vmm_exec.transports.api import Transport
-from vmm_exec.transports.base import Cancelled, Execution, Tracker
+from vmm_exec.transports.base import Execution, RemoteGroup
+from vmm_exec.transports.channel import Channel
 from vmm_exec.transports.openssh import OpenSSHTransport
 from vmm_exec.transports.remote import update_remotes
 from vmm_exec.transports.stream import SshStream, StreamCommand
@@ -48,7 +50,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the test bed ne
 
 
 # ======================================================================================
-# The test bed (vmm_exec.testbed): one real sshd per fake host
+# The test bed (tests/testbed.py): one real sshd per fake host
 # ======================================================================================
 
 @dataclass
@@ -217,21 +219,21 @@ class LogSink:
         self.lines.append(message)
 
 
-def make_stream(transport: Transport, host: str, tracker: Tracker, log: LogSink,
+def make_stream(transport: Transport, host: str, scope: CancelScope, log: LogSink,
                 update: Callable[[], None], remote_dir: str = "/nonexistent",
                 kill_remote: bool = True, forward: bool = False) -> StreamCommand:
     """The engine's wiring: a stream over ``transport.open_stream`` (default mode kills
     the remote group over another connection when ``kill_remote``)."""
 
-    def opener(h: str, shell: str, forward: bool) -> object:
-        return transport.open_stream(tracker, h, shell, forward)
+    def opener(h: str, shell: str, forward: bool) -> Channel:
+        return transport.open_stream(scope, h, shell, forward)
 
-    killer = None
+    killer: Optional[Callable[[RemoteGroup], None]] = None
     if kill_remote:
-        def killer(pgid: int) -> None:
-            transport.kill_remote(host, pgid)
+        def killer(group: RemoteGroup) -> None:
+            transport.kill_remote(host, group)
 
-    stream = SshStream(host, "bash", opener, tracker,  # type: ignore[arg-type]
+    stream = SshStream(host, "bash", opener, scope,
                        forward=forward, remote_killer=killer)
     return StreamCommand(stream, remote_dir, log, update, reconnect=True)
 
@@ -242,7 +244,7 @@ def make_stream(transport: Transport, host: str, tracker: Tracker, log: LogSink,
 
 @pytest.mark.parametrize("code", [0, 1, 42, 254])
 def test_run_exit_code_stdout_stderr(transport: Transport, code: int) -> None:
-    result = transport.run(Tracker(), "host01", f"echo out; echo err >&2; exit {code}",
+    result = transport.run(CancelScope(), "host01", f"echo out; echo err >&2; exit {code}",
                            None, 20)
     assert (result.code, result.stdout, result.stderr, result.timed_out) == (
         code, "out\n", "err\n", False)
@@ -250,13 +252,13 @@ def test_run_exit_code_stdout_stderr(transport: Transport, code: int) -> None:
 
 
 def test_run_stdin_is_delivered(transport: Transport) -> None:
-    result = transport.run(Tracker(), "host01", "cat; echo; cat", "a\nb 'c' $d", 20)
+    result = transport.run(CancelScope(), "host01", "cat; echo; cat", "a\nb 'c' $d", 20)
     assert (result.code, result.stdout) == (0, "a\nb 'c' $d\n")
 
 
 def test_run_without_stdin_gives_eof(transport: Transport) -> None:
     # ssh -n: a command reading stdin ends at once
-    result = transport.run(Tracker(), "host01", "cat; echo done", None, 20)
+    result = transport.run(CancelScope(), "host01", "cat; echo done", None, 20)
     assert (result.code, result.stdout) == (0, "done\n")
 
 
@@ -264,7 +266,7 @@ def test_run_megabyte_stdout_and_stderr_at_once(transport: Transport) -> None:
     command = ("head -c 1048576 /dev/zero | tr '\\0' o & "
                "head -c 1048576 /dev/zero | tr '\\0' e >&2; wait")
     started = time.monotonic()
-    result = transport.run(Tracker(), "host01", command, None, 30)
+    result = transport.run(CancelScope(), "host01", command, None, 30)
     assert result.code == 0
     assert result.stdout == "o" * MB
     assert result.stderr == "e" * MB
@@ -273,20 +275,20 @@ def test_run_megabyte_stdout_and_stderr_at_once(transport: Transport) -> None:
 
 def test_run_megabyte_stdin(transport: Transport) -> None:
     data = "".join(chr(33 + (i * 7) % 90) for i in range(1024)) * 1024
-    result = transport.run(Tracker(), "host01", "sha256sum | cut -d' ' -f1; exit 3", data, 30)
+    result = transport.run(CancelScope(), "host01", "sha256sum | cut -d' ' -f1; exit 3", data, 30)
     assert result.code == 3
     assert result.stdout.strip() == hashlib.sha256(data.encode()).hexdigest()
 
 
 def test_run_big_stdin_to_a_command_that_does_not_read_it(transport: Transport) -> None:
-    result = transport.run(Tracker(), "host01", "echo ignored", "x" * (4 * MB), 30)
+    result = transport.run(CancelScope(), "host01", "echo ignored", "x" * (4 * MB), 30)
     assert (result.code, result.stdout) == (0, "ignored\n")
 
 
 def test_run_timeout_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     mark = marker()
     started = time.monotonic()
-    result = transport.run(Tracker(), "host01", f"sleep {mark}", None, 1.0)
+    result = transport.run(CancelScope(), "host01", f"sleep {mark}", None, 1.0)
     elapsed = time.monotonic() - started
     try:
         assert result.timed_out
@@ -299,12 +301,12 @@ def test_run_timeout_kills_the_remote_command(transport: Transport, bed: Bed) ->
 
 def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     mark = marker()
-    tracker = Tracker()
+    scope = CancelScope()
     outcome: List[object] = []
 
     def work() -> None:
         try:
-            outcome.append(transport.run(tracker, "host01", f"sleep {mark}", None, 60))
+            outcome.append(transport.run(scope, "host01", f"sleep {mark}", None, 60))
         except Cancelled as exc:
             outcome.append(exc)
 
@@ -312,7 +314,7 @@ def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed) -> 
     thread.start()
     try:
         wait_for(lambda: bool(remote_sleeps(bed, "host01", mark)), 10, "the remote sleep")
-        tracker.cancel()
+        scope.cancel()
         thread.join(15)
         assert not thread.is_alive()
         assert isinstance(outcome[0], Cancelled)
@@ -325,26 +327,26 @@ def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed) -> 
 def test_run_connection_refused(transport: Transport, hosts_restored: Bed) -> None:
     hosts_restored.stop("host02")
     address, port = hosts_restored.address("host02"), hosts_restored.port("host02")
-    result = transport.run(Tracker(), "host02", "true", None, 20)
+    result = transport.run(CancelScope(), "host02", "true", None, 20)
     assert result.code == 255
     assert f"ssh: connect to host {address} port {port}: Connection refused" in result.stderr
 
 
 def test_run_unknown_host_key_is_rejected(transport: Transport) -> None:
-    result = transport.run(Tracker(), "unknown-key", "echo should-not-run", None, 20)
+    result = transport.run(CancelScope(), "unknown-key", "echo should-not-run", None, 20)
     assert result.code == 255
     assert result.stdout == ""
     assert "Host key verification failed." in result.stderr
 
 
 def test_run_refused_key_is_permission_denied(transport: Transport, bed: Bed) -> None:
-    result = transport.run(Tracker(), "wrong-key", "echo should-not-run", None, 20)
+    result = transport.run(CancelScope(), "wrong-key", "echo should-not-run", None, 20)
     assert result.code == 255
     assert f"{bed.user}@{bed.address('host01')}: Permission denied (publickey" in result.stderr
 
 
 def test_run_unresolvable_host(transport: Transport) -> None:
-    result = transport.run(Tracker(), "no-such-host.invalid", "true", None, 20)
+    result = transport.run(CancelScope(), "no-such-host.invalid", "true", None, 20)
     assert result.code == 255
     assert "ssh: Could not resolve hostname no-such-host.invalid" in result.stderr
 
@@ -354,9 +356,9 @@ def test_run_unresolvable_host(transport: Transport) -> None:
 # ======================================================================================
 
 def test_stream_framed_commands_and_heredoc_byte_exact(transport: Transport) -> None:
-    tracker = Tracker()
+    scope = CancelScope()
     log = LogSink()
-    command = make_stream(transport, "host01", tracker, log, lambda: None)
+    command = make_stream(transport, "host01", scope, log, lambda: None)
     try:
         first = command.run("echo $$", None, None)
         assert first.code == 0
@@ -391,14 +393,14 @@ def test_stream_missing_remotes_are_updated(transport: Transport, bed: Bed,
     script.chmod(0o755)
     # relative to the login directory, like a bare SCRIPTS_REMOTE_DIR would be
     remote_dir = f"vmm-ct-{secrets.token_hex(4)}/remotes"
-    tracker = Tracker()
+    scope = CancelScope()
     log = LogSink()
     assert bed.ssh("host01", f"test -e {remote_dir}").returncode == 1  # not there yet
 
     def update() -> None:
-        update_remotes(transport, tracker, "host01", remote_dir, str(local), log)
+        update_remotes(transport, scope, "host01", remote_dir, str(local), log)
 
-    command = make_stream(transport, "host01", tracker, log, update, remote_dir)
+    command = make_stream(transport, "host01", scope, log, update, remote_dir)
     try:
         base = f"{remote_dir}/vmm/fake/hello"
         result = command.run(f"{base} a b", "stdin text", base)
@@ -416,8 +418,8 @@ def test_stream_missing_remotes_are_updated(transport: Transport, bed: Bed,
 
 def _cancel_mid_command(transport: Transport, bed: Bed, kill_remote: bool) -> None:
     mark = marker()
-    tracker = Tracker()
-    command = make_stream(transport, "host01", tracker, LogSink(), lambda: None,
+    scope = CancelScope()
+    command = make_stream(transport, "host01", scope, LogSink(), lambda: None,
                           kill_remote=kill_remote)
     outcome: List[object] = []
 
@@ -431,7 +433,7 @@ def _cancel_mid_command(transport: Transport, bed: Bed, kill_remote: bool) -> No
     thread.start()
     try:
         wait_for(lambda: bool(remote_sleeps(bed, "host01", mark)), 10, "the remote sleep")
-        tracker.cancel()
+        scope.cancel()
         thread.join(15)
         assert not thread.is_alive()
         assert isinstance(outcome[0], Cancelled)
@@ -451,7 +453,7 @@ def test_stream_cancel_kills_the_remote_command(transport: Transport, bed: Bed) 
 
 def test_stream_timeout_kills_the_remote_command(transport: Transport, bed: Bed) -> None:
     mark = marker()
-    command = make_stream(transport, "host01", Tracker(), LogSink(), lambda: None)
+    command = make_stream(transport, "host01", CancelScope(), LogSink(), lambda: None)
     try:
         started = time.monotonic()
         result = command.run(f"sleep {mark}", None, None, timeout=1.0)
@@ -468,8 +470,8 @@ def test_stream_host_killed_mid_command(transport: Transport,
                                         hosts_restored: Bed) -> None:
     bed = hosts_restored
     mark = marker()
-    tracker = Tracker()
-    command = make_stream(transport, "host03", tracker, LogSink(), lambda: None)
+    scope = CancelScope()
+    command = make_stream(transport, "host03", scope, LogSink(), lambda: None)
     outcome: List[Execution] = []
     thread = threading.Thread(
         target=lambda: outcome.append(command.run(f"sleep {mark}", None, None)), daemon=True)
@@ -501,9 +503,9 @@ def test_stream_forwards_the_agent(transport: Transport, bed: Bed, tmp_path: Pat
         subprocess.run(["ssh-add", "-q", key], capture_output=True, timeout=10, check=True)
         fingerprint = subprocess.run(["ssh-keygen", "-lf", key], capture_output=True,
                                      text=True, timeout=10).stdout.split()[1]
-        tracker = Tracker()
-        plain = make_stream(transport, "host01", tracker, LogSink(), lambda: None)
-        delegated = make_stream(transport, "host01", tracker, LogSink(), lambda: None,
+        scope = CancelScope()
+        plain = make_stream(transport, "host01", scope, LogSink(), lambda: None)
+        delegated = make_stream(transport, "host01", scope, LogSink(), lambda: None,
                                 forward=True)
         try:
             assert plain.run("ssh-add -l", None, None).code == 2  # no agent
@@ -520,7 +522,7 @@ def test_stream_forwards_the_agent(transport: Transport, bed: Bed, tmp_path: Pat
 
 def test_stream_to_a_stopped_host(transport: Transport, hosts_restored: Bed) -> None:
     hosts_restored.stop("host02")
-    command = make_stream(transport, "host02", Tracker(), LogSink(), lambda: None)
+    command = make_stream(transport, "host02", CancelScope(), LogSink(), lambda: None)
     try:
         result = command.run("echo hi", None, None)
         assert result.code in (-1, 255)
@@ -565,7 +567,7 @@ def test_copy_remotes_copies_contents_modes_and_times(transport: Transport, bed:
     remote_dir = f"vmm-ct-{secrets.token_hex(4)}/remotes"
     bed.ssh("host01", f"mkdir -p {remote_dir}")
     try:
-        result = transport.copy_remotes(Tracker(), "host01", str(local), remote_dir, 60)
+        result = transport.copy_remotes(CancelScope(), "host01", str(local), remote_dir, 60)
         assert (result.code, result.stderr) == (0, "")
         assert str(local) in result.command and f"host01:{remote_dir}" in result.command
         listing = bed.ssh("host01", f"cd {remote_dir} && find . -mindepth 1 -printf "
@@ -584,7 +586,7 @@ def test_copy_remotes_copies_contents_modes_and_times(transport: Transport, bed:
                        for line in sums.stdout.splitlines()}
         assert remote_sums == {k: kind for k, (kind, _, _) in expected.items() if kind != "d"}
         # again, over existing files (the remotes update runs on every missing script)
-        assert transport.copy_remotes(Tracker(), "host01", str(local), remote_dir, 60).code == 0
+        assert transport.copy_remotes(CancelScope(), "host01", str(local), remote_dir, 60).code == 0
     finally:
         bed.ssh("host01", f"rm -rf {remote_dir.split('/')[0]}")
 
@@ -593,7 +595,7 @@ def test_copy_remotes_to_a_stopped_host(transport: Transport, hosts_restored: Be
                                         tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     hosts_restored.stop("host02")
-    result = transport.copy_remotes(Tracker(), "host02", str(tmp_path), "/var/tmp/x", 20)
+    result = transport.copy_remotes(CancelScope(), "host02", str(tmp_path), "/var/tmp/x", 20)
     assert result.code == 255
     assert "Connection refused" in result.stderr
 
@@ -618,7 +620,7 @@ def test_paramiko_channel_terminate_kills_the_session(paramiko_transport: Transp
     from vmm_exec.transports.paramiko_transport import ParamikoChannel
 
     mark = marker()
-    channel = paramiko_transport.open_stream(Tracker(), host, "bash", False)
+    channel = paramiko_transport.open_stream(CancelScope(), host, "bash", False)
     assert isinstance(channel, ParamikoChannel)
     script = (f"(sleep {mark}) & (trap '' TERM; sleep {mark}) & "
               + ("" if signalled else f"setsid sleep {mark} & ") + f"sleep {mark}\n")
@@ -640,7 +642,7 @@ def test_paramiko_channel_terminate_kills_the_session(paramiko_transport: Transp
 
 def test_paramiko_run_timeout_by_ssh_signal(paramiko_transport: Transport, bed: Bed) -> None:
     mark = marker()
-    result = paramiko_transport.run(Tracker(), PLAIN, f"sleep {mark}", None, 0.5)
+    result = paramiko_transport.run(CancelScope(), PLAIN, f"sleep {mark}", None, 0.5)
     assert result.timed_out
     assert not remote_sleeps(bed, PLAIN, mark)
 
@@ -650,10 +652,10 @@ def test_paramiko_pools_one_connection_per_host(paramiko_transport: Transport) -
 
     assert isinstance(paramiko_transport, ParamikoTransport)
     # SSH_CLIENT names the client's end of the connection: the same TCP connection
-    first = paramiko_transport.run(Tracker(), "host01", "echo $SSH_CLIENT", None, 10).stdout
-    second = paramiko_transport.run(Tracker(), "host01", "echo $SSH_CLIENT", None, 10).stdout
+    first = paramiko_transport.run(CancelScope(), "host01", "echo $SSH_CLIENT", None, 10).stdout
+    second = paramiko_transport.run(CancelScope(), "host01", "echo $SSH_CLIENT", None, 10).stdout
     assert first == second and len(first.split()) == 3
-    other = paramiko_transport.run(Tracker(), "host02", "echo $SSH_CLIENT", None, 10).stdout
+    other = paramiko_transport.run(CancelScope(), "host02", "echo $SSH_CLIENT", None, 10).stdout
     assert other != first
     assert [len(paramiko_transport._pool[h]) for h in ("host01", "host02")] == [1, 1]
 
@@ -667,7 +669,7 @@ def test_paramiko_many_threads_share_the_pool(paramiko_transport: Transport) -> 
     count = 24
 
     def one(i: int) -> None:
-        results[i] = paramiko_transport.run(Tracker(), "host01", f"sleep 0.5; echo {i}",
+        results[i] = paramiko_transport.run(CancelScope(), "host01", f"sleep 0.5; echo {i}",
                                             None, 30)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
@@ -687,10 +689,10 @@ def test_paramiko_many_threads_share_the_pool(paramiko_transport: Transport) -> 
 
 def test_paramiko_reconnects_after_the_host_came_back(paramiko_transport: Transport,
                                                       hosts_restored: Bed) -> None:
-    assert paramiko_transport.run(Tracker(), "host03", "true", None, 10).code == 0
+    assert paramiko_transport.run(CancelScope(), "host03", "true", None, 10).code == 0
     hosts_restored.kill("host03")
     hosts_restored.start("host03")
-    result = paramiko_transport.run(Tracker(), "host03", "echo back", None, 10)
+    result = paramiko_transport.run(CancelScope(), "host03", "echo back", None, 10)
     assert (result.code, result.stdout) == (0, "back\n")
 
 
@@ -700,7 +702,7 @@ def test_paramiko_run_over_a_connection_lost_mid_command(paramiko_transport: Tra
     mark = marker()
     outcome: List[Execution] = []
     thread = threading.Thread(target=lambda: outcome.append(
-        paramiko_transport.run(Tracker(), "host03", f"sleep {mark}", None, 30)), daemon=True)
+        paramiko_transport.run(CancelScope(), "host03", f"sleep {mark}", None, 30)), daemon=True)
     thread.start()
     wait_for(lambda: bool(remote_sleeps(bed, "host03", mark)), 10, "the remote sleep")
     bed.kill("host03")
@@ -715,7 +717,7 @@ def test_paramiko_concurrent_commands_to_a_down_host_fail_together(
     hosts_restored.stop("host02")
     results: List[Execution] = []
     threads = [threading.Thread(target=lambda: results.append(
-        paramiko_transport.run(Tracker(), "host02", "true", None, 10))) for _ in range(8)]
+        paramiko_transport.run(CancelScope(), "host02", "true", None, 10))) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -735,9 +737,9 @@ def test_paramiko_strict_mode_sends_the_command_text_unchanged(bed: Bed,
     default = ParamikoTransport()
     try:
         probe = f'echo "${{{MARK_VARIABLE}:-none}}"'
-        assert strict.run(Tracker(), "host01", probe, None, 10).stdout == "none\n"
-        assert default.run(Tracker(), "host01", probe, None, 10).stdout != "none\n"
-        channel = strict.open_stream(Tracker(), "host01", "bash", False)
+        assert strict.run(CancelScope(), "host01", probe, None, 10).stdout == "none\n"
+        assert default.run(CancelScope(), "host01", probe, None, 10).stdout != "none\n"
+        channel = strict.open_stream(CancelScope(), "host01", "bash", False)
         channel.send(f"{probe}\nexit\n".encode())
         channel.close_input()
         got = b""
@@ -747,7 +749,7 @@ def test_paramiko_strict_mode_sends_the_command_text_unchanged(bed: Bed,
         assert (got, channel.exit_status()) == (b"none\n", 0)
         channel.release()
         mark = marker()
-        result = strict.run(Tracker(), PLAIN, f"sleep {mark}", None, 0.5)
+        result = strict.run(CancelScope(), PLAIN, f"sleep {mark}", None, 0.5)
         assert result.timed_out
         assert not remote_sleeps(bed, PLAIN, mark)
     finally:

@@ -30,8 +30,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vmm_exec.cancel import Cancelled, CancelScope
 from vmm_exec.transports import local
-from vmm_exec.transports.base import Cancelled, Execution, Tracker, decode, encode
+from vmm_exec.transports.base import Execution, RemoteGroup, decode, encode
+from vmm_exec.transports.channel import ProcessChannel
 from vmm_exec.transports.local import capture, run_local
 from vmm_exec.transports.stream import SshStream, StreamCommand
 
@@ -163,44 +165,45 @@ def in_thread(fn: Callable[[], object]) -> Tuple[threading.Thread, dict]:
 
 @pytest.mark.parametrize("code", [0, 1, 2, 42, 127, 255])
 def test_capture_exit_codes(code: int) -> None:
-    result = capture(Tracker(), f"exit {code}", None, 10)
+    result = capture(CancelScope(), f"exit {code}", None, 10)
     assert result.code == code
     assert not result.timed_out
 
 
 def test_capture_separates_stdout_and_stderr() -> None:
-    result = capture(Tracker(), "echo out1; echo err1 >&2; printf out2; printf err2 >&2; exit 3",
+    result = capture(CancelScope(),
+                     "echo out1; echo err1 >&2; printf out2; printf err2 >&2; exit 3",
                      None, 10)
     assert result == Execution("echo out1; echo err1 >&2; printf out2; printf err2 >&2; exit 3",
                                3, "out1\nout2", "err1\nerr2", False)
 
 
 def test_capture_argv_list_runs_without_a_shell() -> None:
-    result = capture(Tracker(), ["printf", "%s|", "a b", "$(x)", "*"], None, 10)
+    result = capture(CancelScope(), ["printf", "%s|", "a b", "$(x)", "*"], None, 10)
     assert result.code == 0
     assert result.stdout == "a b|$(x)|*|"
     assert result.command == "printf %s| a b $(x) *"
 
 
 def test_capture_string_goes_through_bin_sh() -> None:
-    result = capture(Tracker(), "x=1; echo $((x + 1)) | cat", None, 10)
+    result = capture(CancelScope(), "x=1; echo $((x + 1)) | cat", None, 10)
     assert result.stdout == "2\n"
 
 
 def test_capture_env_is_passed() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ONLY_HERE": "v a l"}
-    result = capture(Tracker(), 'printf %s "$ONLY_HERE"', None, 10, env=env)
+    result = capture(CancelScope(), 'printf %s "$ONLY_HERE"', None, 10, env=env)
     assert result.stdout == "v a l"
 
 
 def test_capture_stdin_delivered() -> None:
-    result = capture(Tracker(), "cat", "line1\nline2 'q' \"d\" $(no)\n", 10)
+    result = capture(CancelScope(), "cat", "line1\nline2 'q' \"d\" $(no)\n", 10)
     assert result.stdout == "line1\nline2 'q' \"d\" $(no)\n"
 
 
 def test_capture_no_stdin_gives_eof() -> None:
     start = time.monotonic()
-    result = capture(Tracker(), "cat; echo done", None, 10)
+    result = capture(CancelScope(), "cat; echo done", None, 10)
     assert result.stdout == "done\n"
     assert time.monotonic() - start < 5
 
@@ -214,7 +217,7 @@ def test_capture_large_stdin_to_slow_reader() -> None:
             "    if not chunk: break\n"
             "    sys.stdout.buffer.write(chunk); time.sleep(0.01)\n'")
     start = time.monotonic()
-    result = capture(Tracker(), slow, data, 30)
+    result = capture(CancelScope(), slow, data, 30)
     assert result.code == 0
     assert len(result.stdout) == len(data)
     assert result.stdout == data
@@ -227,7 +230,7 @@ def test_capture_large_stdout_and_stderr_at_once_no_deadlock() -> None:
     script = (f"{PY} -c 'import os\n"
               "for i in range(400):\n"
               "    os.write(1, b\"o\" * 4096); os.write(2, b\"e\" * 4096)\n'")
-    result = capture(Tracker(), script, None, 30)
+    result = capture(CancelScope(), script, None, 30)
     assert result.code == 0
     assert result.stdout == "o" * (400 * 4096)
     assert result.stderr == "e" * (400 * 4096)
@@ -235,7 +238,7 @@ def test_capture_large_stdout_and_stderr_at_once_no_deadlock() -> None:
 
 def test_capture_large_stdin_and_large_output_at_once() -> None:
     data = "abcdefghijklmno\n" * (2 * MB // 16)
-    result = capture(Tracker(), "tee /dev/stderr", data, 30)
+    result = capture(CancelScope(), "tee /dev/stderr", data, 30)
     assert result.code == 0
     assert result.stdout == data
     assert result.stderr == data
@@ -243,7 +246,7 @@ def test_capture_large_stdin_and_large_output_at_once() -> None:
 
 def test_capture_command_not_reading_stdin() -> None:
     start = time.monotonic()
-    result = capture(Tracker(), "echo ignored; exit 5", "z" * (3 * MB), 10)
+    result = capture(CancelScope(), "echo ignored; exit 5", "z" * (3 * MB), 10)
     assert result.code == 5
     assert result.stdout == "ignored\n"
     assert not result.timed_out
@@ -254,7 +257,7 @@ def test_capture_invalid_utf8_survives() -> None:
     raw_out = b"ok \xff\xfe\x80 \xc3( \xed\xa0\x80 end\n"
     raw_err = b"\x80\x81err\xf0\x9f\x98"
     script = f"import os; os.write(1, {raw_out!r}); os.write(2, {raw_err!r})"
-    result = capture(Tracker(), [PY, "-c", script], None, 10)
+    result = capture(CancelScope(), [PY, "-c", script], None, 10)
     assert encode(result.stdout) == raw_out
     assert encode(result.stderr) == raw_err
     assert result.stdout == decode(raw_out)
@@ -262,13 +265,13 @@ def test_capture_invalid_utf8_survives() -> None:
 
 def test_capture_stdin_with_surrogate_escapes_is_written_raw() -> None:
     raw = b"\xff\xfebin\x80ary\n"
-    result = capture(Tracker(), "cat", decode(raw), 10)
+    result = capture(CancelScope(), "cat", decode(raw), 10)
     assert encode(result.stdout) == raw
 
 
 @pytest.mark.parametrize("sig", ["TERM", "KILL", "SEGV"])
 def test_capture_exit_by_signal_is_255(sig: str) -> None:
-    result = capture(Tracker(), f"echo before; kill -{sig} $$; echo after", None, 10)
+    result = capture(CancelScope(), f"echo before; kill -{sig} $$; echo after", None, 10)
     assert result.code == 255
     assert result.stdout == "before\n"
     assert not result.timed_out
@@ -280,7 +283,7 @@ def test_capture_timeout_kills_the_whole_process_group(tmp_path: Path,
     command = (f"echo started; sleep 31.5 & echo $! > {pidfile}; "
                f"cut -d' ' -f5 /proc/$$/stat > {tmp_path / 'pgid'}; wait")
     start = time.monotonic()
-    result = capture(Tracker(), command, None, 0.5)
+    result = capture(CancelScope(), command, None, 0.5)
     elapsed = time.monotonic() - start
     grandchild = read_int(pidfile)
     leftovers.add(grandchild, b"31.5")
@@ -300,7 +303,7 @@ def test_capture_timeout_escalates_to_kill(tmp_path: Path, leftovers: Leftovers,
     pidfile = tmp_path / "pid"
     command = f"trap '' TERM; sleep 32.5 & echo $! > {pidfile}; wait; wait"
     start = time.monotonic()
-    result = capture(Tracker(), command, None, 0.3)
+    result = capture(CancelScope(), command, None, 0.3)
     elapsed = time.monotonic() - start
     grandchild = read_int(pidfile)
     leftovers.add(grandchild, b"32.5")
@@ -314,7 +317,7 @@ def test_capture_timeout_kills_term_ignoring_grandchild(tmp_path: Path,
                                                         leftovers: Leftovers) -> None:
     pidfile = tmp_path / "pid"
     command = f"(trap '' TERM; exec sleep 33.5) & echo $! > {pidfile}; wait"
-    result = capture(Tracker(), command, None, 0.3)
+    result = capture(CancelScope(), command, None, 0.3)
     grandchild = read_int(pidfile)
     leftovers.add(grandchild, b"33.5")
     assert result.timed_out
@@ -328,7 +331,7 @@ def test_capture_background_child_holding_stdout_returns_promptly(
     pidfile = tmp_path / "pid"
     command = f"sleep 34.5 & echo $! > {pidfile}; echo done; echo warn >&2; exit 4"
     start = time.monotonic()
-    result = capture(Tracker(), command, None, 20)
+    result = capture(CancelScope(), command, None, 20)
     elapsed = time.monotonic() - start
     child = read_int(pidfile)
     leftovers.add(child, b"34.5")
@@ -341,13 +344,13 @@ def test_capture_background_child_holding_stdout_returns_promptly(
 
 
 def test_capture_output_of_background_child_within_grace_is_kept() -> None:
-    result = capture(Tracker(), "(sleep 0.1; echo late) & echo early", None, 10)
+    result = capture(CancelScope(), "(sleep 0.1; echo late) & echo early", None, 10)
     assert result.stdout == "early\nlate\n"
 
 
 def test_run_local_success_logs_nothing() -> None:
     log = LogSink()
-    result = run_local(Tracker(), "echo fine; echo note >&2", log)
+    result = run_local(CancelScope(), "echo fine; echo note >&2", log)
     assert result.code == 0
     assert result.stdout == "fine\n"
     assert result.stderr == "note\n"
@@ -357,7 +360,7 @@ def test_run_local_success_logs_nothing() -> None:
 def test_run_local_failure_logs_command_then_stderr() -> None:
     log = LogSink()
     command = "echo some; echo 'ERROR: broken' >&2; echo second >&2; exit 7"
-    result = run_local(Tracker(), command, log, None, 10)
+    result = run_local(CancelScope(), command, log, None, 10)
     assert result.code == 7
     assert log.calls == [
         (f"Command execution failed (exit code: 7): {command}", True),
@@ -367,13 +370,13 @@ def test_run_local_failure_logs_command_then_stderr() -> None:
 
 def test_run_local_failure_with_empty_stderr_still_logs_it() -> None:
     log = LogSink()
-    run_local(Tracker(), "exit 1", log)
+    run_local(CancelScope(), "exit 1", log)
     assert log.calls == [("Command execution failed (exit code: 1): exit 1", True), ("", True)]
 
 
 def test_run_local_passes_stdin() -> None:
     log = LogSink()
-    result = run_local(Tracker(), "wc -c", log, "12345")
+    result = run_local(CancelScope(), "wc -c", log, "12345")
     assert result.stdout.strip() == "5"
 
 
@@ -381,7 +384,7 @@ def test_run_local_timeout_logs_and_reports_like_ruby() -> None:
     log = LogSink()
     command = "echo partial; sleep 35.5"
     start = time.monotonic()
-    result = run_local(Tracker(), command, log, None, 0.4)
+    result = run_local(CancelScope(), command, log, None, 0.4)
     assert time.monotonic() - start < 4
     assert log.calls == [(f"Timeout executing {command}", True)]
     assert result.code == 255
@@ -391,33 +394,33 @@ def test_run_local_timeout_logs_and_reports_like_ruby() -> None:
 
 
 def test_capture_missing_program_is_a_failed_execution() -> None:
-    result = capture(Tracker(), ["/nonexistent/dir/ssh", "-n", "h", "true"], None, 5)
+    result = capture(CancelScope(), ["/nonexistent/dir/ssh", "-n", "h", "true"], None, 5)
     assert result.code in (127, 255)
 
 
 def test_capture_releases_its_process() -> None:
-    tracker = Tracker()
-    capture(tracker, "true", None, 10)
-    capture(tracker, "sleep 36.5", None, 0.2)
+    scope = CancelScope()
+    capture(scope, "true", None, 10)
+    capture(scope, "sleep 36.5", None, 0.2)
     # a registration kept after exit could make a later cancel() signal a recycled pid
-    assert not tracker._procs  # white-box
+    assert scope.live_processes == 0 and scope.live_callbacks == 0
 
 
 # ==========================================================================
-# 2. Tracker
+# 2. CancelScope
 # ==========================================================================
 
 
 def test_cancel_stops_running_capture_in_other_thread(tmp_path: Path,
                                                       leftovers: Leftovers) -> None:
-    tracker = Tracker()
+    scope = CancelScope()
     pidfile = tmp_path / "pid"
     thread, box = in_thread(lambda: capture(
-        tracker, f"sleep 37.5 & echo $! > {pidfile}; wait", None, None))
+        scope, f"sleep 37.5 & echo $! > {pidfile}; wait", None, None))
     grandchild = read_int(pidfile)
     leftovers.add(grandchild, b"37.5")
     start = time.monotonic()
-    tracker.cancel()
+    scope.cancel()
     thread.join(5)
     assert not thread.is_alive()
     assert isinstance(box.get("error"), Cancelled)
@@ -426,16 +429,16 @@ def test_cancel_stops_running_capture_in_other_thread(tmp_path: Path,
 
 
 def test_cancel_kills_every_registered_group(tmp_path: Path, leftovers: Leftovers) -> None:
-    tracker = Tracker()
+    scope = CancelScope()
     threads = []
     for i in range(4):
         pidfile = tmp_path / f"pid{i}"
         threads.append(in_thread(lambda p=pidfile: capture(
-            tracker, f"sleep 38.5 & echo $! > {p}; wait", None, 30)))
+            scope, f"sleep 38.5 & echo $! > {p}; wait", None, 30)))
     pids = [read_int(tmp_path / f"pid{i}") for i in range(4)]
     for pid in pids:
         leftovers.add(pid, b"38.5")
-    tracker.cancel()
+    scope.cancel()
     for thread, box in threads:
         thread.join(5)
         assert not thread.is_alive()
@@ -445,16 +448,16 @@ def test_cancel_kills_every_registered_group(tmp_path: Path, leftovers: Leftover
 
 def test_cancel_escalates_to_kill_for_term_ignoring_processes(tmp_path: Path,
                                                               leftovers: Leftovers) -> None:
-    tracker = Tracker()
-    tracker.GRACE = 0.3  # type: ignore[misc]
+    scope = CancelScope()
+    scope.grace = 0.3
     pidfile = tmp_path / "pid"
     thread, box = in_thread(lambda: capture(
-        tracker, f"trap '' TERM; (exec sleep 39.5) & echo $! > {pidfile}; wait; wait", None,
+        scope, f"trap '' TERM; (exec sleep 39.5) & echo $! > {pidfile}; wait; wait", None,
         None))
     grandchild = read_int(pidfile)
     leftovers.add(grandchild, b"39.5")
     start = time.monotonic()
-    tracker.cancel()
+    scope.cancel()
     assert time.monotonic() - start < 3
     thread.join(5)
     assert isinstance(box.get("error"), Cancelled)
@@ -462,29 +465,29 @@ def test_cancel_escalates_to_kill_for_term_ignoring_processes(tmp_path: Path,
 
 
 def test_spawn_after_cancel_raises() -> None:
-    tracker = Tracker()
-    tracker.cancel()
+    scope = CancelScope()
+    scope.cancel()
     with pytest.raises(Cancelled):
-        tracker.spawn(["true"])
+        scope.spawn(["true"])
     with pytest.raises(Cancelled):
-        capture(tracker, "true", None, 5)
+        capture(scope, "true", None, 5)
     with pytest.raises(Cancelled):
-        tracker.check()
+        scope.check()
 
 
 def test_check_before_cancel_passes() -> None:
-    Tracker().check()
+    CancelScope().check()
 
 
 def test_cancel_is_idempotent_and_thread_safe() -> None:
-    tracker = Tracker()
+    scope = CancelScope()
     hook_calls: List[int] = []
-    tracker.on_kill(lambda: hook_calls.append(1))
+    scope.on_cancel(lambda: hook_calls.append(1))
     barrier = threading.Barrier(8)
 
     def cancel() -> None:
         barrier.wait(5)
-        tracker.cancel()
+        scope.cancel()
 
     threads = [threading.Thread(target=cancel, daemon=True) for _ in range(8)]
     for thread in threads:
@@ -492,26 +495,26 @@ def test_cancel_is_idempotent_and_thread_safe() -> None:
     for thread in threads:
         thread.join(5)
         assert not thread.is_alive()
-    tracker.cancel()
-    assert tracker.cancelled
+    scope.cancel()
+    assert scope.cancelled
     assert hook_calls == [1]
 
 
 def test_cancel_runs_hooks_even_if_one_fails(tmp_path: Path, leftovers: Leftovers) -> None:
-    tracker = Tracker()
+    scope = CancelScope()
     seen: List[str] = []
 
     def bad() -> None:
         raise RuntimeError("boom")
 
-    tracker.on_kill(bad)
-    tracker.on_kill(lambda: seen.append("second"))
+    scope.on_cancel(bad)
+    scope.on_cancel(lambda: seen.append("second"))
     pidfile = tmp_path / "pid"
-    thread, box = in_thread(lambda: capture(tracker, f"echo $$ > {pidfile}; exec sleep 40.5",
+    thread, box = in_thread(lambda: capture(scope, f"echo $$ > {pidfile}; exec sleep 40.5",
                                             None, None))
     pid = read_int(pidfile)
     leftovers.add(pid, b"40.5")
-    tracker.cancel()
+    scope.cancel()
     thread.join(5)
     assert seen == ["second"]
     assert isinstance(box.get("error"), Cancelled)
@@ -521,15 +524,15 @@ def test_cancel_runs_hooks_even_if_one_fails(tmp_path: Path, leftovers: Leftover
 def test_cancel_racing_with_many_spawns_leaves_nothing(tmp_path: Path,
                                                        leftovers: Leftovers) -> None:
     for round_ in range(5):
-        tracker = Tracker()
+        scope = CancelScope()
         outcomes: List[str] = []
         lock = threading.Lock()
 
-        def worker(i: int, tracker: Tracker = tracker, round_: int = round_,
+        def worker(i: int, scope: CancelScope = scope, round_: int = round_,
                    outcomes: List[str] = outcomes, lock: threading.Lock = lock) -> None:
             pidfile = tmp_path / f"r{round_}w{i}"
             try:
-                capture(tracker, f"echo $$ > {pidfile}; exec sleep 41.5", None, 20)
+                capture(scope, f"echo $$ > {pidfile}; exec sleep 41.5", None, 20)
                 outcome = "finished"
             except Cancelled:
                 outcome = "cancelled"
@@ -540,7 +543,7 @@ def test_cancel_racing_with_many_spawns_leaves_nothing(tmp_path: Path,
         for thread in threads:
             thread.start()
         time.sleep(0.01 * round_)
-        tracker.cancel()
+        scope.cancel()
         for thread in threads:
             thread.join(10)
             assert not thread.is_alive()
@@ -564,10 +567,16 @@ def local_opener(host: str, shell: str, forward: bool) -> List[str]:
     return ["bash", "-c", f"exec {shell} -s"]
 
 
+def process_opener(scope: CancelScope, argv_of: Callable[[str, str, bool], List[str]]
+                   ) -> Callable[[str, str, bool], ProcessChannel]:
+    """An opener running a local process (the argv ``argv_of`` gives) as the channel."""
+    return lambda host, shell, forward: ProcessChannel(scope, argv_of(host, shell, forward))
+
+
 @dataclass
 class Rig:
     command: StreamCommand
-    tracker: Tracker
+    scope: CancelScope
     log: LogSink
     updates: List[str] = field(default_factory=list)
 
@@ -590,13 +599,14 @@ def make_rig() -> Iterator[MakeRig]:
     def make(opener: Callable[[str, str, bool], List[str]] = local_opener, shell: str = "bash",
              host: str = "h", reconnect: bool = False, forward: bool = False,
              on_update: Optional[Callable[[], None]] = None,
-             remote_killer: Optional[Callable[[int], None]] = None) -> Rig:
-        tracker = Tracker()
+             remote_killer: Optional[Callable[[RemoteGroup], None]] = None) -> Rig:
+        scope = CancelScope()
         log = LogSink()
+        channel_opener = process_opener(scope, opener)
         if remote_killer is None:
-            stream = SshStream(host, shell, opener, tracker, forward=forward)
+            stream = SshStream(host, shell, channel_opener, scope, forward=forward)
         else:
-            stream = SshStream(host, shell, opener, tracker, forward=forward,
+            stream = SshStream(host, shell, channel_opener, scope, forward=forward,
                                remote_killer=remote_killer)
         updates: List[str] = []
 
@@ -606,7 +616,7 @@ def make_rig() -> Iterator[MakeRig]:
                 on_update()
 
         rig = Rig(StreamCommand(stream, "/remote/dir", log, update, reconnect=reconnect),
-                  tracker, log, updates)
+                  scope, log, updates)
         rigs.append(rig)
         return rig
 
@@ -616,8 +626,8 @@ def make_rig() -> Iterator[MakeRig]:
             rig.command.close()
         except Exception:  # noqa: BLE001 - teardown must go on
             pass
-        if not rig.tracker.cancelled:
-            rig.tracker.cancel()
+        if not rig.scope.cancelled:
+            rig.scope.cancel()
 
 
 def shell_pid(rig: Rig) -> int:
@@ -1111,7 +1121,7 @@ def test_stream_close_leaves_no_process(make_rig: MakeRig, tmp_path: Path) -> No
     assert wait_until(lambda: not group_members(pgid), 3)
     assert not rig.stream.alive
     rig.command.close()  # twice is fine
-    assert not rig.tracker._procs  # white-box: the registration is gone
+    assert not rig.scope._procs  # white-box: the registration is gone
 
 
 def test_stream_close_after_timeout_and_after_loss(make_rig: MakeRig) -> None:
@@ -1121,7 +1131,7 @@ def test_stream_close_after_timeout_and_after_loss(make_rig: MakeRig) -> None:
     rig2 = make_rig()
     rig2.run("kill -9 $$")
     rig2.command.close()
-    assert not rig.tracker._procs and not rig2.tracker._procs  # white-box
+    assert not rig.scope._procs and not rig2.scope._procs  # white-box
 
 
 def test_stream_close_of_a_busy_shell(make_rig: MakeRig, tmp_path: Path,
@@ -1151,7 +1161,7 @@ def test_stream_cancel_during_command(make_rig: MakeRig, tmp_path: Path,
     leftovers.add(sleeper, b"51.5")
     pgid = read_int(tmp_path / "pgid")
     start = time.monotonic()
-    rig.tracker.cancel()
+    rig.scope.cancel()
     thread.join(5)
     assert not thread.is_alive()
     assert isinstance(box.get("error"), Cancelled)
@@ -1162,7 +1172,7 @@ def test_stream_cancel_during_command(make_rig: MakeRig, tmp_path: Path,
 
 def test_stream_run_after_cancel_raises(make_rig: MakeRig) -> None:
     rig = make_rig()
-    rig.tracker.cancel()
+    rig.scope.cancel()
     with pytest.raises(Cancelled):
         rig.run("echo never")
 
@@ -1170,7 +1180,7 @@ def test_stream_run_after_cancel_raises(make_rig: MakeRig) -> None:
 def test_stream_cancel_between_commands(make_rig: MakeRig) -> None:
     rig = make_rig()
     pid = shell_pid(rig)
-    rig.tracker.cancel()
+    rig.scope.cancel()
     assert wait_until(lambda: not pid_alive(pid), 3)
     start = time.monotonic()
     with pytest.raises(Cancelled):
@@ -1195,10 +1205,10 @@ class LocalKiller:
     def __init__(self) -> None:
         self.calls: List[int] = []
 
-    def __call__(self, pgid: int) -> None:
-        self.calls.append(pgid)
+    def __call__(self, group: RemoteGroup) -> None:
+        self.calls.append(group.pgid)
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(group.pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -1209,7 +1219,8 @@ def test_stream_identify_is_invisible(make_rig: MakeRig, tmp_path: Path) -> None
     result = rig.run(f"{_pgid_of_shell(tmp_path)}; echo first; echo e >&2", "in", "/bin/cat")
     assert (result.code, result.stdout, result.stderr) == (0, "first\n", "e\nExitCode: 0")
     assert rig.log.calls == [("e\nExitCode: 0", True)]
-    assert rig.stream.remote_pgid == read_int(tmp_path / "pgid")
+    assert rig.stream.remote_group is not None
+    assert rig.stream.remote_group.pgid == read_int(tmp_path / "pgid")
     assert killer.calls == []
 
 
@@ -1240,7 +1251,7 @@ def test_stream_timeout_calls_remote_killer_once(make_rig: MakeRig, tmp_path: Pa
     assert result.timed_out
     assert killer.calls == [read_int(tmp_path / "pgid")]
     assert wait_until(lambda: not pid_alive(child), 3)
-    rig.tracker.cancel()
+    rig.scope.cancel()
     assert len(killer.calls) == 1
 
 
@@ -1253,7 +1264,7 @@ def test_stream_cancel_calls_remote_killer(make_rig: MakeRig, tmp_path: Path,
     thread, box = in_thread(lambda: rig.run(command, None, None, 30))
     child = read_int(pidfile)
     leftovers.add(child, b"55.5")
-    rig.tracker.cancel()
+    rig.scope.cancel()
     thread.join(5)
     assert isinstance(box.get("error"), Cancelled)
     assert killer.calls == [read_int(tmp_path / "pgid")]
@@ -1267,7 +1278,7 @@ def test_stream_reconnect_identifies_the_new_shell(make_rig: MakeRig, tmp_path: 
     assert rig.run("sleep 56.5", None, None, 0.4).timed_out
     second = shell_pid(rig)
     assert second != first
-    rig.tracker.cancel()
+    rig.scope.cancel()
     # the local opener execs the shell in a new session: pgid == pid
     assert killer.calls == [first, second]
 
@@ -1290,7 +1301,7 @@ def test_stream_unreachable_host_with_killer_like_ruby(make_rig: MakeRig) -> Non
          True),
         (stale, True),
     ]
-    rig.tracker.cancel()
+    rig.scope.cancel()
     assert killer.calls == []
 
 
@@ -1310,7 +1321,7 @@ def test_stream_identify_is_bounded_by_the_timeout(make_rig: MakeRig) -> None:
     thread, box = in_thread(lambda: rig.run("echo hi", None, "/bin/echo", 1, check_timeout=1))
     thread.join(1 + 3)
     finished = not thread.is_alive()
-    rig.tracker.cancel()  # unblocks a hung run (Cancelled) before asserting
+    rig.scope.cancel()  # unblocks a hung run (Cancelled) before asserting
     thread.join(5)
     assert finished, "StreamCommand.run still blocked 3 s after its 1 s timeout"
     assert box["result"].code == -1
@@ -1321,7 +1332,7 @@ def test_stream_close_forgets_the_remote_group(make_rig: MakeRig) -> None:
     rig = make_rig(remote_killer=killer)
     shell_pid(rig)
     rig.command.close()
-    rig.tracker.cancel()
+    rig.scope.cancel()
     assert killer.calls == []
 
 
@@ -1341,13 +1352,13 @@ class SharedStream:
 
 @pytest.fixture(scope="module")
 def shared_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStream]:
-    tracker = Tracker()
-    stream = SshStream("hp", "bash", local_opener, tracker)
-    rig = Rig(StreamCommand(stream, "/d", LogSink(), lambda: None, reconnect=True), tracker,
+    scope = CancelScope()
+    stream = SshStream("hp", "bash", process_opener(scope, local_opener), scope)
+    rig = Rig(StreamCommand(stream, "/d", LogSink(), lambda: None, reconnect=True), scope,
               LogSink())
     yield SharedStream(rig, tmp_path_factory.mktemp("framing"))
     rig.command.close()
-    tracker.cancel()
+    scope.cancel()
 
 
 @settings(max_examples=60, deadline=None,
@@ -1387,7 +1398,7 @@ def test_stream_heredoc_roundtrip(shared_stream: SharedStream, stdin: str) -> No
 @given(out=payloads, err=payloads, code=st.integers(0, 255))
 def test_capture_roundtrip(out: bytes, err: bytes, code: int) -> None:
     script = f"import os, sys; os.write(1, {out!r}); os.write(2, {err!r}); sys.exit({code})"
-    result = capture(Tracker(), [PY, "-c", script], None, 20)
+    result = capture(CancelScope(), [PY, "-c", script], None, 20)
     assert (encode(result.stdout), encode(result.stderr), result.code) == (out, err, code)
 
 
@@ -1515,14 +1526,14 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHost:
     return FakeHost(journal, local_remotes, tmp_path / "host" / "var" / "tmp" / "one")
 
 
-def run_remotes(tracker: Tracker, command: str, host: str, remote_dir: str, local_remotes: str,
+def run_remotes(scope: CancelScope, command: str, host: str, remote_dir: str, local_remotes: str,
                 log: LogSink, stdin: Optional[str], retries: int,
                 timeout: Optional[float]) -> Execution:
     """``run_remotes_command`` with the OpenSSH binaries as strict mode uses them:
     the remote command text exactly the Ruby driver's (no process-group marker)."""
     from vmm_exec.transports.openssh import OpenSSHTransport
 
-    return _remote().run_remotes_command(OpenSSHTransport(kill_remote=False), tracker, command,
+    return _remote().run_remotes_command(OpenSSHTransport(kill_remote=False), scope, command,
                                          host, remote_dir, local_remotes, log, stdin, retries,
                                          timeout)
 
@@ -1530,7 +1541,7 @@ def run_remotes(tracker: Tracker, command: str, host: str, remote_dir: str, loca
 def test_remotes_missing_no_retry(fake_host: FakeHost) -> None:
     log = LogSink()
     command = f"{fake_host.remote_dir}/vmm/kvm/poll one-1 1 node1"
-    result = run_remotes(Tracker(), command, "node1", str(fake_host.remote_dir),
+    result = run_remotes(CancelScope(), command, "node1", str(fake_host.remote_dir),
                          str(fake_host.local_remotes), log, None, 0, 10)
     assert result.code == 42
     remote = ruby_remotes_command(command)
@@ -1544,7 +1555,7 @@ def test_remotes_missing_updated_and_retried(fake_host: FakeHost) -> None:
     log = LogSink()
     command = f"{fake_host.remote_dir}/vmm/kvm/poll one-1 1 node1"
     start = time.monotonic()
-    result = run_remotes(Tracker(), command, "node1", str(fake_host.remote_dir),
+    result = run_remotes(CancelScope(), command, "node1", str(fake_host.remote_dir),
                          str(fake_host.local_remotes), log, None, 1, 10)
     assert time.monotonic() - start >= 1  # Ruby sleeps a second before retrying
     assert result.code == 0
@@ -1569,7 +1580,7 @@ def test_remotes_missing_updated_and_retried(fake_host: FakeHost) -> None:
 def test_remotes_retry_resends_stdin(fake_host: FakeHost) -> None:
     log = LogSink()
     command = f"{fake_host.remote_dir}/vmm/kvm/poll one-2"
-    result = run_remotes(Tracker(), command, "node2", str(fake_host.remote_dir),
+    result = run_remotes(CancelScope(), command, "node2", str(fake_host.remote_dir),
                          str(fake_host.local_remotes), log, "STDIN-DATA\n", 1, 10)
     assert result.code == 0
     assert result.stdout == "polled one-2\nSTDIN-DATA\n"
@@ -1587,7 +1598,7 @@ def test_remotes_other_failure_retried_without_update(fake_host: FakeHost) -> No
             f'if [ -e "{flag}" ]; then echo ok; else touch "{flag}"; echo oops >&2; exit 3; fi')
     log = LogSink()
     command = f"{fake_host.remote_dir}/flaky a"
-    result = run_remotes(Tracker(), command, "node3", str(fake_host.remote_dir),
+    result = run_remotes(CancelScope(), command, "node3", str(fake_host.remote_dir),
                          str(fake_host.local_remotes), log, None, 2, 10)
     assert (result.code, result.stdout) == (0, "ok\n")
     assert [c[0] for c in fake_host.calls()] == ["ssh", "ssh"]
@@ -1599,7 +1610,7 @@ def test_remotes_unreachable_host(fake_host: FakeHost, monkeypatch: pytest.Monke
     monkeypatch.setenv("FAKE_UNREACHABLE", "down")
     log = LogSink()
     command = "/x/vmm/kvm/poll one-4"
-    result = run_remotes(Tracker(), command, "down", "/x", str(fake_host.local_remotes), log,
+    result = run_remotes(CancelScope(), command, "down", "/x", str(fake_host.local_remotes), log,
                          None, 0, 10)
     assert result.code == 255
     assert result.stderr == "ssh: connect to host down port 22: No route to host\n"
@@ -1614,7 +1625,7 @@ def test_remotes_timeout(fake_host: FakeHost) -> None:
     log = LogSink()
     command = f"{fake_host.remote_dir}/hang"
     start = time.monotonic()
-    result = run_remotes(Tracker(), command, "node5", str(fake_host.remote_dir),
+    result = run_remotes(CancelScope(), command, "node5", str(fake_host.remote_dir),
                          str(fake_host.local_remotes), log, None, 0, 0.5)
     assert time.monotonic() - start < 4
     assert result.code == 255
@@ -1624,14 +1635,14 @@ def test_remotes_timeout(fake_host: FakeHost) -> None:
 
 
 def test_remotes_cancel_during_retry_sleep(fake_host: FakeHost) -> None:
-    tracker = Tracker()
+    scope = CancelScope()
     log = LogSink()
     command = f"{fake_host.remote_dir}/vmm/kvm/poll one-6"
     thread, box = in_thread(lambda: run_remotes(
-        tracker, command, "node6", str(fake_host.remote_dir), str(fake_host.local_remotes),
+        scope, command, "node6", str(fake_host.remote_dir), str(fake_host.local_remotes),
         log, None, 3, 10))
     assert wait_until(lambda: "Updating remotes" in log.messages, 10)
-    tracker.cancel()
+    scope.cancel()
     thread.join(5)
     assert not thread.is_alive()
     assert isinstance(box.get("error"), Cancelled)

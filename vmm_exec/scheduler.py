@@ -11,36 +11,45 @@ The scheduler knows nothing about what an action does.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from vmm_exec.protocol import Gate
-from vmm_exec.transports.base import Tracker
+from vmm_exec.cancel import CancelScope
+from vmm_exec.protocol import Gate, Request
 
-_UNSET = object()
+# how long shutdown waits for all cancelled actions together
+STOP_DEADLINE = 8.0
 
 
 @dataclass
 class Job:
-    """One accepted request on its way through the scheduler."""
+    """One accepted request on its way through the scheduler.
 
-    action: str
-    action_id: int
-    msg_id: str
-    payload: str
-    tracker: Tracker = field(default_factory=Tracker)
+    ``host`` is looked up once, when the job is submitted (outside the
+    scheduler's lock); the job keeps the request's text, nothing decoded.
+    """
+
+    request: Request
+    host: Optional[str] = None
+    scope: CancelScope = field(default_factory=CancelScope)
     gate: Gate = field(default_factory=Gate)
-    host: object = _UNSET
     thread: Optional[threading.Thread] = None
-    # what the host lookup decoded, kept so the action does not decode it again
-    decoded: object = None
+
+    @property
+    def action_id(self) -> int:
+        return self.request.action_id
+
+    @property
+    def msg_id(self) -> str:
+        return self.request.msg_id
 
 
 class Scheduler:
     """Queue, concurrency limit, one action per host, cancel and finalize."""
 
     def __init__(self, concurrency: int, single_host: bool, execute: Callable[[Job], None],
-                 host_of: Callable[[Job], Optional[str]]) -> None:
+                 host_of: Callable[[Request], Optional[str]]) -> None:
         self._concurrency = max(1, concurrency)
         self._single_host = single_host
         self._execute = execute
@@ -53,23 +62,28 @@ class Scheduler:
         self.finalizing = False
 
     # -- requests -----------------------------------------------------------
-    def submit(self, job: Job) -> bool:
-        """Queue a job; False once FINALIZE was received (Ruby ignores it then)."""
+    def submit(self, request: Request) -> Optional[Job]:
+        """Queue a request; None once FINALIZE was received (Ruby ignores it then)."""
+        host = self._lookup_host(request) if self._single_host else None
+        job = Job(request, host)
+        job.scope.name = f"{request.action}-{request.msg_id}"
         with self._lock:
             if self.finalizing:
-                return False
+                return None
             self._queue.append(job)
             self._dispatch()
-            return True
+            return job
 
     def cancel(self, action_id: int) -> Optional[Job]:
-        """DRIVER_CANCEL: stop the running action(s) of that id, else drop the first queued one.
+        """DRIVER_CANCEL: stop the newest running action of that id, else drop the
+        first queued one (Ruby's ``cancel_action``: its running actions are kept
+        by id, the newest replacing older ones).
 
         Killing happens in the background (it may wait a grace period for the
         processes to end), so the request loop is never held up.
         """
         with self._lock:
-            running = list(self._running.get(action_id, []))
+            running = self._running.get(action_id, [])
             if not running:
                 for i, job in enumerate(self._queue):
                     if job.action_id == action_id:
@@ -78,12 +92,11 @@ class Scheduler:
                         self._lock.notify_all()
                         return job
                 return None
-            for job in running:
-                job.gate.shut()
-        for job in running:
-            threading.Thread(target=job.tracker.cancel, daemon=True,
-                             name=f"cancel-{action_id}").start()
-        return running[0]
+            job = running[-1]
+            job.gate.shut()
+        threading.Thread(target=job.scope.cancel, daemon=True,
+                         name=f"cancel-{action_id}").start()
+        return job
 
     def finalize(self) -> None:
         with self._lock:
@@ -97,8 +110,12 @@ class Scheduler:
                 lambda: self.finalizing and not self._queue and self._num_running == 0,
                 timeout)
 
-    def stop_all(self, grace: float = 1.0) -> None:
-        """oned is gone (stdin EOF) or the driver is told to stop: kill everything now."""
+    def stop_all(self, grace: float = 1.0, deadline: float = STOP_DEADLINE) -> None:
+        """oned is gone (stdin EOF) or the driver is told to stop: kill everything now.
+
+        Every running action is cancelled at once, in parallel; this returns
+        when all are stopped or ``deadline`` seconds have passed.
+        """
         with self._lock:
             self.finalizing = True
             for job in self._queue:
@@ -107,13 +124,13 @@ class Scheduler:
             jobs = [job for jobs in self._running.values() for job in jobs]
             for job in jobs:
                 job.gate.shut()
-        for job in jobs:
-            job.tracker.GRACE = grace
-        threads = [threading.Thread(target=job.tracker.cancel, daemon=True) for job in jobs]
+                job.scope.grace = min(job.scope.grace, grace)
+        threads = [threading.Thread(target=job.scope.cancel, daemon=True) for job in jobs]
         for t in threads:
             t.start()
+        end = time.monotonic() + deadline
         for t in threads:
-            t.join(grace + 2.0)
+            t.join(max(0.0, end - time.monotonic()))
 
     @property
     def running_count(self) -> int:
@@ -121,20 +138,15 @@ class Scheduler:
             return self._num_running
 
     # -- internals ----------------------------------------------------------
-    def _host(self, job: Job) -> Optional[str]:
-        if job.host is _UNSET:
-            try:
-                job.host = self._host_of(job)
-            except Exception:  # noqa: BLE001 - an unreadable payload runs unconstrained
-                job.host = None
-        return job.host  # type: ignore[return-value]
+    def _lookup_host(self, request: Request) -> Optional[str]:
+        try:
+            return self._host_of(request)
+        except Exception:  # noqa: BLE001 - an unreadable payload runs unconstrained
+            return None
 
     def _first_runnable(self) -> Optional[int]:
         for index, job in enumerate(self._queue):
-            if not self._single_host:
-                return index
-            host = self._host(job)
-            if not host or host not in self._busy_hosts:
+            if not job.host or job.host not in self._busy_hosts:
                 return index
         return None
 
@@ -145,12 +157,12 @@ class Scheduler:
                 return
             job = self._queue.pop(index)
             self._num_running += 1
-            host = self._host(job) if self._single_host else None
+            host = job.host
             if host:
                 self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
             self._running.setdefault(job.action_id, []).append(job)
             job.thread = threading.Thread(target=self._run, args=(job, host), daemon=True,
-                                          name=f"{job.action}-{job.msg_id}")
+                                          name=job.scope.name)
             job.thread.start()
 
     def _run(self, job: Job, host: Optional[str]) -> None:

@@ -13,8 +13,9 @@ import time
 from typing import List, Tuple
 
 import pytest
+from testbed import pid_alive
 
-from vmm_exec.testbed import pid_alive
+from vmm_exec.transports.base import RemoteGroup, group_kill_command
 
 from .kit import (
     World,
@@ -156,24 +157,45 @@ def test_sshd_killed_mid_action(world: World, transport: str) -> None:
 TRANSPORTS = ["openssh", "paramiko"]
 
 
-def test_remote_kill_command_works_in_a_posix_login_shell(world: World) -> None:
-    """The OpenSSH transport's kill command, exactly, through ``ssh host01 CMD``: the
-    host user's login shell runs it (dash here, whose ``kill`` rejects ``--``), on a
-    process group sleeping on host01. (Found failing with ``kill -TERM -- -PGID``.)"""
-    from vmm_exec.transports.openssh import remote_kill_command
+def _host_group(world: World, host: str) -> RemoteGroup:
+    """A ``sleep`` leading its own process group on ``host``, identified as the driver does."""
+    started = world.ssh(host, "setsid sh -c 'echo \"$$ $(sed \"s/.*) //\" /proc/$$/stat | "
+                              "cut -d\\  -f20)\"; exec sleep 30 >/dev/null' </dev/null 2>/dev/null & "
+                              "sleep 0.2")
+    pid, start = started.stdout.split()
+    return RemoteGroup(int(pid), start)
 
-    started = world.ssh("host01", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!")
-    pid = int(started.stdout.split()[0])
+
+def test_remote_kill_command_works_in_a_posix_login_shell(world: World) -> None:
+    """The transports' kill command, exactly, through ``ssh host01 CMD``: the host
+    user's login shell runs it (dash here, whose ``kill`` rejects ``--``), on a process
+    group sleeping on host01. (Found failing with ``kill -TERM -- -PGID``.)"""
+    group = _host_group(world, "host01")
     try:
-        assert pid_alive(pid)
-        killed = world.ssh("host01", remote_kill_command(pid))
+        assert pid_alive(group.pgid)
+        killed = world.ssh("host01", group_kill_command(group))
         assert killed.returncode == 0
-        shell_said = world.ssh("host01", f"kill -TERM -- -{pid}").stderr.strip()
-        wait_gone(pid, 2, f"the process group {pid} on host01 (the host's shell, given the "
-                          f"same kill without 2>/dev/null, says {shell_said!r})")
+        shell_said = world.ssh("host01", f"kill -TERM -- -{group.pgid}").stderr.strip()
+        wait_gone(group.pgid, 2, f"the process group {group.pgid} on host01 (the host's "
+                                 f"shell, given the same kill without 2>/dev/null, says "
+                                 f"{shell_said!r})")
     finally:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if pid_alive(group.pgid):
+            os.kill(group.pgid, signal.SIGKILL)
+
+
+def test_remote_kill_spares_a_process_that_reuses_the_pid(world: World) -> None:
+    """The kill names the group's leader by PID *and* start time: a process that now
+    has that PID (another start time) is not signalled."""
+    group = _host_group(world, "host01")
+    try:
+        reused = RemoteGroup(group.pgid, str(int(group.start) + 1))
+        assert world.ssh("host01", group_kill_command(reused)).returncode == 0
+        time.sleep(0.5)
+        assert pid_alive(group.pgid), "a process that is not the identified one was killed"
+    finally:
+        if pid_alive(group.pgid):
+            os.kill(group.pgid, signal.SIGKILL)
 
 
 def host_process_gone(world: World, host: str, pid: int) -> bool:

@@ -7,9 +7,10 @@ implementation.
 
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import Optional
 
-from vmm_exec.transports.base import Execution, Tracker
+from vmm_exec.cancel import CancelScope
+from vmm_exec.transports.base import Execution, RemoteGroup
 from vmm_exec.transports.channel import Channel
 
 try:
@@ -19,29 +20,37 @@ except ImportError:  # pragma: no cover
 
 
 class Transport(Protocol):
-    """How commands reach a host."""
+    """How commands reach a host.
+
+    Every process or channel a method starts belongs to ``scope`` (cancelling
+    the scope stops it, locally and on the host) and is released from the
+    scope when it ends. Connection failures are reported, not raised: an exit
+    status 255 with the client's message on stderr, like OpenSSH.
+    """
 
     name: str
 
-    def open_stream(self, tracker: Tracker, host: str, shell: str,
-                    forward: bool) -> Union[List[str], Channel]:
-        """A connection running ``SHELL -s`` on ``host`` (argv of a client, or a Channel)."""
+    def open_stream(self, scope: CancelScope, host: str, shell: str,
+                    forward: bool) -> Channel:
+        """A connection running ``SHELL -s`` on ``host``.
 
-    def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+        May raise ``OSError`` when the client cannot even be started.
+        """
+
+    def run(self, scope: CancelScope, host: str, command: str, stdin: Optional[str],
             timeout: Optional[float]) -> Execution:
         """One command on ``host``: ``ssh HOST CMD`` (``ssh -n`` when ``stdin`` is None).
 
         The returned ``Execution.command`` is the text to log (the remote command).
-        Connection failures are an exit status 255 with the client's message on
-        stderr, like OpenSSH.
         """
 
-    def copy_remotes(self, tracker: Tracker, host: str, local_dir: str, remote_dir: str,
+    def copy_remotes(self, scope: CancelScope, host: str, local_dir: str, remote_dir: str,
                      timeout: Optional[float]) -> Execution:
         """Copy the contents of ``local_dir`` into ``remote_dir`` on ``host`` (``scp -rp``)."""
 
-    def kill_remote(self, host: str, pgid: int) -> None:
-        """Kill a process group on ``host`` (the remote side of a cancelled stream)."""
+    def kill_remote(self, host: str, group: RemoteGroup) -> None:
+        """Kill a process group on ``host`` if it is still the one identified
+        (the remote side of a cancelled stream); bounded, never raises."""
 
     def close(self) -> None:
         """Release pooled connections (driver shutdown)."""

@@ -1,14 +1,10 @@
-"""What every transport shares: results, logging hooks, cancellation."""
+"""What every transport shares: results, logging hooks, remote process groups."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import threading
-import time
+import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Set
+from typing import Callable, Optional
 
 # A transport reports to oned through this: (message, all_lines) → LOG lines,
 # i.e. DriverExecHelper#log bound to the action's id.
@@ -30,90 +26,6 @@ class Execution:
     timed_out: bool = False
 
 
-class Cancelled(Exception):
-    """The action was cancelled (DRIVER_CANCEL or shutdown): unwind without an answer."""
-
-
-class Tracker:
-    """The live process groups of one action, so that they can be killed as a whole.
-
-    Cancelling kills every registered group (TERM, then KILL after a grace
-    period) and makes any later spawn raise :class:`Cancelled`; this is what
-    makes DRIVER_CANCEL really stop the scripts instead of only the thread.
-    """
-
-    GRACE = 2.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: Set[subprocess.Popen] = set()
-        self._kill_hooks: List[Callable[[], None]] = []
-        self.cancelled = False
-
-    def spawn(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen:
-        """Start a process in its own session, registered for cancellation."""
-        with self._lock:
-            if self.cancelled:
-                raise Cancelled()
-            proc = subprocess.Popen(argv, start_new_session=True, **kwargs)  # type: ignore[call-overload]
-            self._procs.add(proc)
-            return proc
-
-    def release(self, proc: subprocess.Popen) -> None:
-        with self._lock:
-            self._procs.discard(proc)
-
-    def on_kill(self, hook: Callable[[], None]) -> None:
-        """Run ``hook`` on cancellation (e.g. kill the remote side of a stream)."""
-        with self._lock:
-            self._kill_hooks.append(hook)
-
-    def check(self) -> None:
-        if self.cancelled:
-            raise Cancelled()
-
-    def cancel(self) -> None:
-        """Stop everything this action started; safe to call from any thread, twice."""
-        with self._lock:
-            if self.cancelled:
-                return
-            self.cancelled = True
-            procs = list(self._procs)
-            hooks = list(self._kill_hooks)
-        for hook in hooks:
-            try:
-                hook()
-            except Exception:  # noqa: BLE001 - best effort, cancellation must finish
-                pass
-        kill_groups(procs, self.GRACE)
-
-
-def kill_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_groups(procs: Sequence[subprocess.Popen], grace: float) -> None:
-    """TERM each process group, then KILL what is still alive after ``grace`` seconds."""
-    for proc in procs:
-        kill_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for proc in procs:
-        # the leader may be gone while children of the group live on
-        kill_group(proc, signal.SIGKILL)
-        try:
-            proc.wait(1.0)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 def decode(data: bytes) -> str:
     """Script output as text; undecodable bytes survive the round trip to stdout."""
     return data.decode("utf-8", "surrogateescape")
@@ -121,3 +33,56 @@ def decode(data: bytes) -> str:
 
 def encode(text: Optional[str]) -> bytes:
     return (text or "").encode("utf-8", "surrogateescape")
+
+
+# -- remote process groups ----------------------------------------------------
+@dataclass(frozen=True)
+class RemoteGroup:
+    """A process group on a host, identified for killing it later.
+
+    A PID alone is not an identity: once the group is gone, the number may
+    be handed to another process. ``start`` is the leader's start time (field
+    22 of ``/proc/PID/stat``); the kill checks it first, so a reused number is
+    never signalled.
+    """
+
+    pgid: int
+    start: str
+
+
+# Shell text printing "PGID START" of the shell it runs in: the group of $$
+# and its leader's start time. The stat line is cut after the last ") " so
+# that a command name with blanks or parentheses cannot shift the fields
+# (pgrp is the 3rd field after it, starttime the 20th). $$ in the command
+# substitution is the outer shell's, in bash and in dash.
+IDENTIFY_GROUP = (
+    "g=$(sed 's/.*) //' /proc/$$/stat 2>/dev/null | cut -d' ' -f3); "
+    "echo \"$g $(sed 's/.*) //' /proc/$g/stat 2>/dev/null | cut -d' ' -f20)\""
+)
+
+_GROUP = re.compile(r"([0-9]+) ([0-9]+)")
+
+
+def parse_group(text: str) -> Optional[RemoteGroup]:
+    """The output of :data:`IDENTIFY_GROUP`, or None if it is not one."""
+    m = _GROUP.fullmatch(text.strip())
+    if m is None or int(m.group(1)) <= 1:
+        return None
+    return RemoteGroup(int(m.group(1)), m.group(2))
+
+
+def group_kill_command(group: RemoteGroup) -> str:
+    """TERM a remote process group if its leader is the one we saw; KILL what is left.
+
+    Nothing is sent when the leader is gone or another process has its PID.
+    After TERM the group is watched every 0.1 s for a second; members still
+    there get KILL (a group keeps its id while any member lives, so the id
+    seen 0.1 s earlier is still ours). Portable to dash (``kill -SIG -PGID``:
+    its kill has no ``--``).
+    """
+    pgid = group.pgid
+    start = re.sub(r"[^0-9]", "", group.start)
+    return (f"[ \"$(sed 's/.*) //' /proc/{pgid}/stat 2>/dev/null | cut -d' ' -f20)\""
+            f" = '{start}' ] || exit 0; kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; "
+            f"while [ $i -lt 10 ]; do sleep 0.1; kill -0 -{pgid} 2>/dev/null || exit 0; "
+            f"i=$((i+1)); done; kill -KILL -{pgid} 2>/dev/null; exit 0")

@@ -12,9 +12,9 @@ import os
 import selectors
 import signal
 import subprocess
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from vmm_exec.transports.base import Tracker, kill_group
+from vmm_exec.cancel import CancelScope
 
 try:  # Protocol is in typing from 3.8
     from typing import Protocol
@@ -54,10 +54,11 @@ class Channel(Protocol):
 class ProcessChannel:
     """A channel over a local process started in its own session (e.g. ``ssh HOST bash -s``)."""
 
-    def __init__(self, tracker: Tracker, argv: Sequence[str], env: Optional[dict] = None) -> None:
-        self._tracker = tracker
-        self.proc = tracker.spawn(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=env)
+    def __init__(self, scope: CancelScope, argv: Sequence[str],
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self._scope = scope
+        self.proc = scope.spawn(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._names = {self.proc.stdout.fileno(): OUT, self.proc.stderr.fileno(): ERR}
         self._selector = selectors.DefaultSelector()
@@ -93,13 +94,10 @@ class ProcessChannel:
         return chunks
 
     def exit_status(self) -> Optional[int]:
-        return self._status(self.proc.poll())
+        return self._status(self._scope.wait(self.proc, 0))
 
     def wait(self, timeout: float) -> Optional[int]:
-        try:
-            return self._status(self.proc.wait(timeout))
-        except subprocess.TimeoutExpired:
-            return None
+        return self._status(self._scope.wait(self.proc, timeout))
 
     @staticmethod
     def _status(rc: Optional[int]) -> Optional[int]:
@@ -116,7 +114,7 @@ class ProcessChannel:
 
     def terminate(self) -> None:
         """HUP the whole process group, as the Ruby stream does on timeout."""
-        kill_group(self.proc, signal.SIGHUP)
+        self._scope.signal_group(self.proc, signal.SIGHUP)
 
     def release(self) -> None:
         if self._released:
@@ -124,7 +122,7 @@ class ProcessChannel:
         self._released = True
         self.close_input()
         if self.wait(CLOSE_GRACE) is None:
-            kill_group(self.proc, signal.SIGKILL)
+            self._scope.signal_group(self.proc, signal.SIGKILL)
             self.wait(CLOSE_GRACE)
         try:
             self._selector.close()
@@ -136,4 +134,3 @@ class ProcessChannel:
                     pipe.close()
             except OSError:
                 pass
-        self._tracker.release(self.proc)

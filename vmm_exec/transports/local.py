@@ -6,17 +6,10 @@ import os
 import signal
 import subprocess
 import threading
-from typing import IO, Callable, List, Optional, Sequence, Union
+from typing import IO, Callable, Dict, List, Optional, Sequence, Union
 
-from vmm_exec.transports.base import (
-    Cancelled,
-    Execution,
-    Logger,
-    Tracker,
-    decode,
-    encode,
-    kill_group,
-)
+from vmm_exec.cancel import CancelScope
+from vmm_exec.transports.base import Execution, Logger, decode, encode
 
 TERM_GRACE = 5.0
 # After the command exits, how long to keep reading output that its leftover
@@ -66,8 +59,8 @@ def _feed(pipe: IO[bytes], data: bytes) -> None:
             pass
 
 
-def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[str],
-            timeout: Optional[float], env: Optional[dict] = None,
+def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional[str],
+            timeout: Optional[float], env: Optional[Dict[str, str]] = None,
             on_abort: Optional[Callable[[str], None]] = None) -> Execution:
     """Run a command in its own process group, feeding ``stdin``, collecting output.
 
@@ -77,13 +70,15 @@ def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[s
     is read for a short grace period only, so such a child cannot hang the
     action. On timeout the whole group gets TERM (then KILL), as in Ruby.
     ``on_abort`` is called with the stderr read so far when the command is
-    timed out or cancelled (the ssh transport uses it to kill the remote side).
+    timed out or cancelled while it runs (the ssh transport uses it to kill
+    the remote side); it is unregistered from the scope as soon as the
+    command has ended.
     """
     shell_argv = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
     text = argv if isinstance(argv, str) else " ".join(argv)
     try:
-        proc = tracker.spawn(shell_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env)
+        proc = scope.spawn(shell_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env)
     except OSError as exc:
         # what /bin/sh would have said and returned (Ruby ran every command through it)
         return Execution(text, 127, "", f"{shell_argv[0]}: {exc.strerror}\n")
@@ -93,38 +88,36 @@ def capture(tracker: Tracker, argv: Union[str, Sequence[str]], stdin: Optional[s
         reader.start()
     writer = threading.Thread(target=_feed, args=(proc.stdin, encode(stdin)), daemon=True)
     writer.start()
+    registration = None
     if on_abort is not None:
-        tracker.on_kill(lambda: on_abort(readers[1].text()))
+        abort = on_abort
+        registration = scope.on_cancel(lambda: abort(readers[1].text()), "remote side")
     timed_out = False
     try:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        rc = scope.wait(proc, timeout)
+        if rc is None:
             timed_out = True
-            if on_abort is not None:
-                on_abort(readers[1].text())
-            kill_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(TERM_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-            # the leader may be gone while its children ignore TERM
-            kill_group(proc, signal.SIGKILL)
-            proc.wait()
-        for reader in readers:
-            reader.join(DRAIN_GRACE)
+            scope.signal_group(proc, signal.SIGTERM)
+            if registration is not None:
+                registration.remove()
+                abort(readers[1].text())
+            rc = scope.stop(proc, TERM_GRACE)
     finally:
-        tracker.release(proc)
-    if tracker.cancelled:
-        raise Cancelled()
-    code = proc.returncode if proc.returncode is not None and proc.returncode >= 0 else 255
+        if registration is not None:
+            registration.remove()
+        if proc.returncode is None:  # an exception: leave nothing running
+            scope.stop(proc, 0)
+    for reader in readers:
+        reader.join(DRAIN_GRACE)
+    scope.check()
+    code = rc if rc >= 0 else 255
     return Execution(text, code, readers[0].text(), readers[1].text(), timed_out)
 
 
-def run_local(tracker: Tracker, command: str, log: Logger, stdin: Optional[str] = None,
+def run_local(scope: CancelScope, command: str, log: Logger, stdin: Optional[str] = None,
               timeout: Optional[float] = None) -> Execution:
     """``LocalCommand.run``: logs the failure and its stderr, or the timeout."""
-    result = capture(tracker, command, stdin, timeout)
+    result = capture(scope, command, stdin, timeout)
     return report(result, command, log)
 
 

@@ -11,12 +11,22 @@ from __future__ import annotations
 import re
 from typing import List, Optional
 
+from vmm_exec.cancel import CancelScope
 from vmm_exec.quoting import bare
-from vmm_exec.transports.base import Execution, Tracker
+from vmm_exec.transports.base import (
+    IDENTIFY_GROUP,
+    Execution,
+    RemoteGroup,
+    group_kill_command,
+    parse_group,
+)
+from vmm_exec.transports.channel import ProcessChannel
 from vmm_exec.transports.local import capture
 
 FORWARD_AGENT_OPTIONS = ["-o", "ForwardAgent=yes", "-o", "ControlMaster=no", "-o",
                          "ControlPath=none"]
+# a remote kill is best effort and must not outlive a cancel by much
+KILL_TIMEOUT = 15.0
 
 
 def ssh_argv(host: str, command: Optional[str] = None, *, no_stdin: bool = False,
@@ -33,8 +43,13 @@ def ssh_argv(host: str, command: Optional[str] = None, *, no_stdin: bool = False
     return argv
 
 
-PGID_MARKER = "VMMEXEC_PGID"
-_PGID_LINE = re.compile(PGID_MARKER + r" ([0-9]*)\n")
+GROUP_MARKER = "VMMEXEC_PGID"
+_GROUP_LINE = re.compile(GROUP_MARKER + r" ([0-9]* [0-9]*)\n")
+
+
+def announced(command: str) -> str:
+    """``command`` preceded by a marker line on stderr naming its remote process group."""
+    return f"echo \"{GROUP_MARKER} $({IDENTIFY_GROUP})\" >&2; {command}"
 
 
 class OpenSSHTransport:
@@ -48,57 +63,50 @@ class OpenSSHTransport:
     def __init__(self, kill_remote: bool = True) -> None:
         self.kill_remote_commands = kill_remote
 
-    def open_stream(self, tracker: Tracker, host: str, shell: str, forward: bool) -> List[str]:
-        return ssh_argv(host, f"{shell} -s", forward=forward)
+    def open_stream(self, scope: CancelScope, host: str, shell: str,
+                    forward: bool) -> ProcessChannel:
+        return ProcessChannel(scope, ssh_argv(host, f"{shell} -s", forward=forward))
 
-    def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+    def run(self, scope: CancelScope, host: str, command: str, stdin: Optional[str],
             timeout: Optional[float]) -> Execution:
         if not self.kill_remote_commands:
-            result = capture(tracker, ssh_argv(host, command, no_stdin=stdin is None), stdin,
+            result = capture(scope, ssh_argv(host, command, no_stdin=stdin is None), stdin,
                              timeout)
             result.command = command
             return result
-        pgid = "$(cut -d' ' -f5 /proc/$$/stat 2>/dev/null)"
-        announced = f"printf '{PGID_MARKER} %s\\n' \"{pgid}\" >&2; {command}"
-        killed: List[str] = []
+        killed: List[RemoteGroup] = []
 
         def abort(stderr: str) -> None:
-            m = _PGID_LINE.search(stderr)
-            if m and m.group(1) and not killed:
-                killed.append(m.group(1))
-                kill_remote_group(self, host, int(m.group(1)))
+            m = _GROUP_LINE.search(stderr)
+            group = parse_group(m.group(1)) if m else None
+            if group is not None and not killed:
+                killed.append(group)
+                self.kill_remote(host, group)
 
-        result = capture(tracker, ssh_argv(host, announced, no_stdin=stdin is None), stdin,
-                         timeout, on_abort=abort)
-        result.stderr = _PGID_LINE.sub("", result.stderr, count=1)
+        result = capture(scope, ssh_argv(host, announced(command), no_stdin=stdin is None),
+                         stdin, timeout, on_abort=abort)
+        result.stderr = _GROUP_LINE.sub("", result.stderr, count=1)
         result.command = command
         return result
 
-    def copy_remotes(self, tracker: Tracker, host: str, local_dir: str, remote_dir: str,
+    def copy_remotes(self, scope: CancelScope, host: str, local_dir: str, remote_dir: str,
                      timeout: Optional[float]) -> Execution:
         # through /bin/sh, like Ruby, so that the glob expands in the same order
         command = f"scp -rp {bare(local_dir)}/* {bare(host + ':' + remote_dir)}"
-        return capture(tracker, command, None, timeout)
+        return capture(scope, command, None, timeout)
 
-    def kill_remote(self, host: str, pgid: int) -> None:
-        """TERM, then KILL, a process group on ``host`` over a new connection."""
-        kill_remote_group(self, host, pgid)
+    def kill_remote(self, host: str, group: RemoteGroup) -> None:
+        """TERM, then KILL, a process group on ``host`` over a new connection.
+
+        Runs in a shielded scope: the action whose command is being killed is
+        usually cancelled already. Bounded by :data:`KILL_TIMEOUT`.
+        """
+        try:
+            capture(CancelScope.shielded("remote kill"),
+                    ssh_argv(host, group_kill_command(group), no_stdin=True), None,
+                    KILL_TIMEOUT)
+        except Exception:  # noqa: BLE001 - killing is best effort
+            pass
 
     def close(self) -> None:
-        pass
-
-
-def remote_kill_command(pgid: int) -> str:
-    """TERM then KILL a process group; portable to dash (no ``--`` for its kill)."""
-    return (f"kill -TERM -{pgid} 2>/dev/null; sleep 1; "
-            f"kill -KILL -{pgid} 2>/dev/null; true")
-
-
-def kill_remote_group(transport: OpenSSHTransport, host: str, pgid: int) -> None:
-    """Best effort, bounded: the action being killed may already be cancelled,
-    so this runs under a tracker of its own."""
-    try:
-        plain = OpenSSHTransport(kill_remote=False)
-        plain.run(Tracker(), host, remote_kill_command(pgid), None, 15.0)
-    except Exception:  # noqa: BLE001 - killing is best effort
         pass

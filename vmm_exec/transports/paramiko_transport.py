@@ -13,7 +13,7 @@ file (``~/.ssh/known_hosts``, the configured ``UserKnownHostsFile`` files and
 Stopping remote commands. Closing an SSH channel does not stop what it runs:
 sshd only closes the pipes of the command, and a ``sleep 300`` never notices.
 So :meth:`ParamikoChannel.terminate` (a stream's timeout, or the action's
-:class:`~vmm_exec.transports.base.Tracker` being cancelled, to which every
+:class:`~vmm_exec.transports.base.CancelScope` being cancelled, to which every
 channel is registered), a ``run`` timeout and a cancelled ``run`` kill the
 remote processes, without adding anything to what the command reads or writes:
 
@@ -62,8 +62,15 @@ from paramiko.agent import AgentRequestHandler
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
+from vmm_exec.cancel import Cancelled, CancelScope, Registration
 from vmm_exec.quoting import single_quoted
-from vmm_exec.transports.base import Cancelled, Execution, Tracker, decode, encode
+from vmm_exec.transports.base import (
+    Execution,
+    RemoteGroup,
+    decode,
+    encode,
+    group_kill_command,
+)
 from vmm_exec.transports.channel import ERR, OUT, Channel
 from vmm_exec.transports.local import DRAIN_GRACE, TERM_GRACE
 
@@ -441,12 +448,6 @@ def marked_command(command: str, mark: str) -> str:
     return f'env {MARK_VARIABLE}={mark} "${{SHELL:-/bin/sh}}" -c {single_quoted(command)}'
 
 
-def group_kill_command(pgid: int) -> str:
-    """TERM, then KILL, a process group (``kill -SIG -PGID``: dash's kill has no ``--``)."""
-    return (f"kill -TERM -{pgid} 2>/dev/null; sleep 1; "
-            f"kill -KILL -{pgid} 2>/dev/null; true")
-
-
 def kill_marked_command(mark: str) -> str:
     """Shell text: TERM every process carrying ``mark`` and its process group, KILL
     what is left after a second (GNU grep reads the environments in /proc)."""
@@ -549,6 +550,7 @@ class ParamikoChannel:
         self._terminated = False
         self._released = False
         self._reported_loss = False
+        self.registration: Optional[Registration] = None
         host = conn.settings.alias
         self._stopper = _Stopper(chan, (lambda: owner.kill_marked(host, mark))
                                  if owner.mark_commands else None)
@@ -604,6 +606,8 @@ class ParamikoChannel:
             if self._released:
                 return
             self._released = True
+        if self.registration is not None:
+            self.registration.remove()
         if not self.chan.closed:
             self.close_input()
             if not wait_closed(self.chan, CLOSE_GRACE):
@@ -758,9 +762,9 @@ class ParamikoTransport:
             conn.close()
 
     # -- streams ------------------------------------------------------------
-    def open_stream(self, tracker: Tracker, host: str, shell: str,
+    def open_stream(self, scope: CancelScope, host: str, shell: str,
                     forward: bool) -> Channel:
-        tracker.check()
+        scope.check()
         agent: Optional[AgentRequestHandler] = None
         try:
             if forward:
@@ -793,9 +797,8 @@ class ParamikoTransport:
                 self._unreserve(conn)
             return _FailedChannel(_line(f"exec request failed on channel: {exc}"))
         channel = ParamikoChannel(self, conn, chan, mark, dedicated=forward, agent=agent)
-        tracker.on_kill(channel.terminate)
-        if tracker.cancelled:
-            channel.terminate()
+        channel.registration = scope.on_cancel(channel.terminate, f"channel {host}")
+        if scope.cancelled:
             channel.release()
             raise Cancelled()
         return channel
@@ -806,49 +809,55 @@ class ParamikoTransport:
         conn.close()
 
     # -- one-shot commands --------------------------------------------------
-    def run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+    def run(self, scope: CancelScope, host: str, command: str, stdin: Optional[str],
             timeout: Optional[float]) -> Execution:
-        return self._run(tracker, host, command, stdin, timeout, self.mark_commands)
+        return self._run(scope, host, command, stdin, timeout, self.mark_commands)
 
-    def _run(self, tracker: Tracker, host: str, command: str, stdin: Optional[str],
+    def _run(self, scope: CancelScope, host: str, command: str, stdin: Optional[str],
              timeout: Optional[float], mark_it: bool) -> Execution:
-        tracker.check()
+        scope.check()
         try:
             conn, chan = self._open(host)
         except ConnectFailure as exc:
-            tracker.check()
+            scope.check()
             return Execution(command, 255, "", exc.message)
         mark = new_mark()
         stopper = _Stopper(chan, (lambda: self.kill_marked(host, mark)) if mark_it else None)
         try:
-            result = self._execute(tracker, conn, stopper,
+            result = self._execute(scope, conn, stopper,
                                    marked_command(command, mark) if mark_it else command,
                                    command, stdin, timeout)
         finally:
             stopper.close()
             self._unreserve(conn)
-        if tracker.cancelled:
+        if scope.cancelled:
             raise Cancelled()
         return result
 
-    def _execute(self, tracker: Tracker, conn: _Connection, stopper: _Stopper,
+    def _execute(self, scope: CancelScope, conn: _Connection, stopper: _Stopper,
                  remote: str, command: str, stdin: Optional[str],
                  timeout: Optional[float]) -> Execution:
         chan = stopper.chan
         reader = _Reader(chan)
-        out: List[bytes] = []
-        err: List[bytes] = []
 
         def kill() -> None:
             stopper.stop(KILL_GRACE)
 
-        tracker.on_kill(kill)
-        if tracker.cancelled:
-            raise Cancelled()
+        scope.check()
         try:
             chan.exec_command(remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             return Execution(command, 255, "", _line(f"exec request failed on channel: {exc}"))
+        # registered only now that the command runs; removed when it is over
+        with scope.on_cancel(kill, f"command {conn.settings.alias}"):
+            return self._collect(scope, conn, stopper, reader, command, stdin, timeout)
+
+    def _collect(self, scope: CancelScope, conn: _Connection, stopper: _Stopper,
+                 reader: _Reader, command: str, stdin: Optional[str],
+                 timeout: Optional[float]) -> Execution:
+        chan = stopper.chan
+        out: List[bytes] = []
+        err: List[bytes] = []
         if stdin is None:
             _shutdown_write(chan)  # ssh -n
         else:
@@ -861,13 +870,13 @@ class ParamikoTransport:
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out = False
         # the command is over when its exit status (or the channel's end) arrives
-        while not chan.status_event.is_set() and not tracker.cancelled:
+        while not chan.status_event.is_set() and not scope.cancelled:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 timed_out = True
                 break
             collect(0.2 if left is None else min(0.2, left))
-        if timed_out or tracker.cancelled:
+        if timed_out or scope.cancelled:
             stopper.stop(TERM_GRACE if timed_out else KILL_GRACE)
         # output still held open by children it left behind: a short grace only
         drain_until = time.monotonic() + DRAIN_GRACE
@@ -875,35 +884,37 @@ class ParamikoTransport:
             collect(max(0.0, min(0.2, drain_until - time.monotonic())))
         collect(0.0)
         code = _status(chan) if chan.status_event.is_set() else 255
-        if _lost(chan) and not (timed_out or tracker.cancelled):
+        if _lost(chan) and not (timed_out or scope.cancelled):
             err.append(encode(_line(f"Connection to {conn.settings.hostname} "
                                     "closed by remote host.")))
         return Execution(command, code, decode(b"".join(out)), decode(b"".join(err)), timed_out)
 
-    def kill_remote(self, host: str, pgid: int) -> None:
+    def kill_remote(self, host: str, group: RemoteGroup) -> None:
         """TERM, then KILL, a process group on ``host`` (a channel of the pooled connection)."""
         try:
-            self._run(Tracker(), host, group_kill_command(pgid), None, 15.0, False)
+            self._run(CancelScope.shielded("remote kill"), host, group_kill_command(group),
+                      None, 15.0, False)
         except Exception:  # noqa: BLE001 - killing is best effort
             pass
 
     def kill_marked(self, host: str, mark: str) -> None:
         """Kill the processes of a channel by its mark (servers refusing SSH signals)."""
         try:
-            self._run(Tracker(), host, kill_marked_command(mark), None, 15.0, False)
+            self._run(CancelScope.shielded("marked kill"), host, kill_marked_command(mark),
+                      None, 15.0, False)
         except Exception:  # noqa: BLE001 - killing is best effort
             pass
 
     # -- remotes copy ---------------------------------------------------------
-    def copy_remotes(self, tracker: Tracker, host: str, local_dir: str, remote_dir: str,
+    def copy_remotes(self, scope: CancelScope, host: str, local_dir: str, remote_dir: str,
                      timeout: Optional[float]) -> Execution:
         """``scp -rp LOCAL/* HOST:DIR`` over SFTP: contents, modes and times."""
         shown = f"sftp put -r {local_dir}/* {host}:{remote_dir}"
-        tracker.check()
+        scope.check()
         try:
             conn, chan = self._open(host)
         except ConnectFailure as exc:
-            tracker.check()
+            scope.check()
             return Execution(shown, 255, "", exc.message)
         stopped = threading.Event()
 
@@ -911,27 +922,28 @@ class ParamikoTransport:
             stopped.set()
             _close_quietly(chan)
 
-        tracker.on_kill(stop)
+        registration = scope.on_cancel(stop, f"sftp {host}")
         timer = threading.Timer(timeout, stop) if timeout is not None else None
         if timer is not None:
             timer.daemon = True
             timer.start()
         errors: List[str] = []
         try:
-            if tracker.cancelled:
+            if scope.cancelled:
                 raise Cancelled()
             chan.invoke_subsystem("sftp")
             sftp = paramiko.SFTPClient(chan)
-            _Copier(sftp, tracker, errors).run(local_dir, remote_dir or ".")
+            _Copier(sftp, scope, errors).run(local_dir, remote_dir or ".")
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if not stopped.is_set():
                 errors.append(f"sftp: {host}: lost connection ({exc})")
         finally:
+            registration.remove()
             if timer is not None:
                 timer.cancel()
             _close_quietly(chan)
             self._unreserve(conn)
-        if tracker.cancelled:
+        if scope.cancelled:
             raise Cancelled()
         if stopped.is_set():
             return Execution(shown, 255, "", "".join(_line(e) for e in errors), timed_out=True)
@@ -958,9 +970,9 @@ def _feed(chan: paramiko.Channel, data: bytes) -> None:
 class _Copier:
     """The recursive copy of ``scp -rp``; errors are collected and the copy goes on."""
 
-    def __init__(self, sftp: paramiko.SFTPClient, tracker: Tracker, errors: List[str]) -> None:
+    def __init__(self, sftp: paramiko.SFTPClient, scope: CancelScope, errors: List[str]) -> None:
         self.sftp = sftp
-        self.tracker = tracker
+        self.scope = scope
         self.errors = errors
 
     def run(self, local_dir: str, remote_dir: str) -> None:
@@ -997,7 +1009,7 @@ class _Copier:
         return mode is not None and stat.S_ISDIR(mode)
 
     def _put(self, local: str, remote: str) -> None:
-        self.tracker.check()
+        self.scope.check()
         try:
             st = os.stat(local)  # symlinks are followed, as scp -r does
         except OSError as exc:

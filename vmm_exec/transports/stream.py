@@ -17,42 +17,53 @@ observed directly rather than parsed from text.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import threading
 import time
-from typing import Callable, List, Optional, Set, Union
+from typing import Callable, Optional, Set
 
+from vmm_exec.cancel import Cancelled, CancelScope, Registration
 from vmm_exec.quoting import heredoc_delimiter
-from vmm_exec.transports.base import Cancelled, Execution, Logger, Tracker, decode, encode
-from vmm_exec.transports.channel import OUT, Channel, ProcessChannel
+from vmm_exec.transports.base import (
+    IDENTIFY_GROUP,
+    Execution,
+    Logger,
+    RemoteGroup,
+    decode,
+    encode,
+    parse_group,
+)
+from vmm_exec.transports.channel import OUT, Channel
 
 MAGIC_RC = 42
 CLOSE_GRACE = 2.0
 
 
-# Opens the connection for (host, shell, forward): the argv of a client process
-# running SHELL -s on the host (e.g. ssh), or a ready Channel (e.g. paramiko).
-Opener = Callable[[str, str, bool], Union[List[str], Channel]]
+# Opens the connection for (host, shell, forward): a channel running SHELL -s
+# on the host (may raise OSError when the client cannot be started).
+Opener = Callable[[str, str, bool], Channel]
 
 
 class SshStream:
     """A persistent shell on one host, framing one command at a time."""
 
-    def __init__(self, host: str, shell: str, opener: Opener, tracker: Tracker,
+    def __init__(self, host: str, shell: str, opener: Opener, scope: CancelScope,
                  forward: bool = False,
-                 remote_killer: Optional[Callable[[int], None]] = None,
+                 remote_killer: Optional[Callable[[RemoteGroup], None]] = None,
                  identify_timeout: Optional[float] = None) -> None:
         self.host = host
         self._identify_timeout = identify_timeout
         # Given a remote process group id, kills it over another connection:
         # killing the local ssh client does not stop what runs on the host.
         self._remote_killer = remote_killer
-        self.remote_pgid: Optional[int] = None
+        self.remote_group: Optional[RemoteGroup] = None
+        self._kill_registration: Optional[Registration] = None
         self.shell = shell
         self.forward = forward
         self._opener = opener
-        self._tracker = tracker
+        self._scope = scope
         self._channel: Optional[Channel] = None
         self._writer: Optional[threading.Thread] = None
         self._nonce = secrets.token_hex(6)
@@ -72,9 +83,7 @@ class SshStream:
         self.out = b""
         self.err = b""
         try:
-            made = self._opener(self.host, self.shell, self.forward)
-            self._channel = (ProcessChannel(self._tracker, made) if isinstance(made, list)
-                             else made)
+            self._channel = self._opener(self.host, self.shell, self.forward)
         except OSError as exc:
             # like a client that could not start: the stream is dead from the outset
             self.alive = False
@@ -87,27 +96,38 @@ class SshStream:
                            else self._identify_timeout)
 
     def _identify(self, timeout: Optional[float]) -> None:
-        """Learn the remote shell's process group, for killing it later.
+        """Learn the remote shell's process group, for killing it if the action is cancelled.
 
-        A framed ``cut`` of ``/proc/$$/stat``: no script runs and nothing of it
-        is logged (the output is consumed here).
+        A framed command printing the group and its leader's start time: no
+        script runs and nothing of it is logged (the output is consumed here).
+        The kill is registered with the scope only from now until the shell
+        is closed, killed or lost.
         """
-        self.exec("cut -d' ' -f5 /proc/$$/stat")
+        self.exec(IDENTIFY_GROUP)
         code = self.wait_for_command(timeout)
-        text = self.out.strip()
+        group = parse_group(decode(self.out)) if code == 0 else None
         if self.alive:
             # a dead stream keeps its error text for the command that follows
             self.out = b""
             self.err = b""
-        if code == 0 and text.isdigit() and int(text) > 1:
-            self.remote_pgid = int(text)
-            self._tracker.on_kill(self._kill_remote)
+        if group is not None and self.alive and self._remote_killer is not None:
+            self.remote_group = group
+            # the group is bound now: the action thread may forget it while a cancel runs
+            self._kill_registration = self._scope.on_cancel(
+                functools.partial(self._remote_killer, group), f"stream {self.host}")
+
+    def _forget_remote(self) -> None:
+        """The remote shell is over: its group id may be reused, never kill it again."""
+        self.remote_group = None
+        registration, self._kill_registration = self._kill_registration, None
+        if registration is not None:
+            registration.remove()
 
     def _kill_remote(self) -> None:
-        pgid, killer = self.remote_pgid, self._remote_killer
-        self.remote_pgid = None
-        if pgid is not None and killer is not None:
-            killer(pgid)
+        group, killer = self.remote_group, self._remote_killer
+        self._forget_remote()
+        if group is not None and killer is not None:
+            killer(group)
 
     def reset(self) -> None:
         """Forget a dead connection so that the next command opens a new one."""
@@ -125,7 +145,7 @@ class SshStream:
             self._join_writer(CLOSE_GRACE)
             channel.send(b"\nexit\n")
         self.alive = False
-        self.remote_pgid = None  # the shell exits: its group id may be reused
+        self._forget_remote()  # the shell exits
         self._finish(channel)
 
     def kill(self) -> None:
@@ -175,7 +195,7 @@ class SshStream:
         done_out = done_err = False
         start = time.monotonic()
         while not (done_out and done_err) and self.alive and channel is not None:
-            if self._tracker.cancelled:
+            if self._scope.cancelled:
                 raise Cancelled()
             chunks = channel.receive(0.2)
             for name, chunk in chunks:
@@ -230,8 +250,9 @@ class SshStream:
             self.err += b"\n"
         self.err += f"ExitSSHCode: {rc}\nError connecting to {self.host}".encode()
         self.alive = False
+        self._forget_remote()
         self._finish(channel)
-        if self._tracker.cancelled:
+        if self._scope.cancelled:
             raise Cancelled()
         return rc
 
