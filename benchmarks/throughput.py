@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vmm_exec import message  # noqa: E402
-from vmm_exec.simoned import SimulatedOned  # noqa: E402
+from vmm_exec.testing.simoned import SimulatedOned  # noqa: E402
 
 
 def make_world(root: Path) -> dict:

@@ -3,7 +3,7 @@
     python compat/demo.py [--strict] [--keep] [--real-hosts]
 
 Builds a compat world (fake host01/host02, fake action scripts), starts the
-driver through ``vmm_exec.simoned.SimulatedOned`` exactly as oned starts it,
+driver through ``vmm_exec.testing.simoned.SimulatedOned`` exactly as oned starts it,
 and plays a short story: INIT, DEPLOY of VM 42 on host01, POLL, a live
 MIGRATE to host02, a MIGRATE back that fails in the vmm migrate script (a
 fault rule) and is rolled back, SHUTDOWN, FINALIZE.  It prints the
@@ -11,7 +11,7 @@ conversation, then the script calls each host received.  Payloads are the
 corpus's own XML (compat/scenarios), with ``{WORLD}`` filled in.
 
 With ``--real-hosts`` the same story runs against real OpenSSH hosts: a
-``vmm_exec.testbed.Testbed`` of two sshds on loopback addresses (root and
+``Testbed`` (``tests/testbed.py``) of two sshds on loopback addresses (root and
 openssh-server needed), the fake remotes of ``tests/e2e/kit.py`` (journaling
 python scripts), host01 starting with the remote scripts and host02 without
 (the driver ships them with scp). Where the test bed cannot start, the demo
@@ -23,8 +23,11 @@ from __future__ import annotations
 import os
 import sys
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):  # run as a file: make ``compat`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, _ROOT)
+# the real-host test bed lives with the tests (it is not part of the installed package)
+sys.path.append(os.path.join(_ROOT, "tests"))
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -185,7 +188,7 @@ def run_story(oned: Any, world: str, payloads: Optional[Dict[str, str]] = None) 
 
 
 # ---------------------------------------------------------------------------
-# --real-hosts: the same story on real OpenSSH hosts (vmm_exec.testbed)
+# --real-hosts: the same story on real OpenSSH hosts (tests/testbed.py)
 # ---------------------------------------------------------------------------
 def host_files(bed: Any, world: Any) -> None:
     """What the story left in each host's directory (scripts and bookkeeping aside)."""
@@ -206,8 +209,9 @@ def host_files(bed: Any, world: Any) -> None:
 def run_real_hosts(opts: argparse.Namespace) -> Optional[int]:
     """The story on a test bed of two real sshds; None if it cannot start (fall back)."""
     try:
+        from testbed import Testbed, Unavailable
+
         from tests.e2e.kit import World, format_journal
-        from vmm_exec.testbed import Testbed, Unavailable
     except ImportError as exc:
         print(f"real hosts unavailable: {exc}")
         return None
@@ -266,7 +270,7 @@ def main(argv: Sequence[str] = ()) -> int:
                         help="run the driver with --compat strict (Ruby transcripts)")
     parser.add_argument("--keep", action="store_true", help="keep the world directory")
     parser.add_argument("--real-hosts", action="store_true",
-                        help="run the story on real OpenSSH hosts (vmm_exec.testbed: needs "
+                        help="run the story on real OpenSSH hosts (tests/testbed.py: needs "
                              "root and openssh-server); falls back to the simulated hosts")
     opts = parser.parse_args(list(argv))
     if opts.real_hosts:
@@ -274,7 +278,7 @@ def main(argv: Sequence[str] = ()) -> int:
         if real is not None:
             return real
         print("falling back to the simulated hosts\n")
-    from vmm_exec.simoned import SimulatedOned  # the project's simulated oned
+    from vmm_exec.testing.simoned import SimulatedOned  # the project's simulated oned
 
     world = new_world_dir()
     try:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, List
 
 import pytest
-
-from vmm_exec.testbed import Testbed, Unavailable
+from testbed import Testbed, Unavailable
 
 # --------------------------------------------------------------------------------------
-# The OpenSSH test bed (vmm_exec.testbed): real sshds on loopback addresses
+# The OpenSSH test bed (tests/testbed.py): real sshds on loopback addresses
 # --------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from vmm_exec.cli import (
     wrapper_environment,
 )
 from vmm_exec.config import DEFAULT_SCRIPTS_REMOTE_DIR, Paths, read_one_config
-from vmm_exec.simoned import SimulatedOned
+from vmm_exec.testing.simoned import SimulatedOned
 
 # --------------------------------------------------------------------------------------
 # split_oned_argv

@@ -29,7 +29,7 @@ from helpers import (
     wait_until,
 )
 
-from vmm_exec.simoned import SimulatedOned, pids_in_group
+from vmm_exec.testing.simoned import SimulatedOned, pids_in_group
 
 ANSWER_TIMEOUT = 10.0
 # how long a wrongly scheduled action is given to show up before we conclude it did not

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import stat
 import textwrap
 from pathlib import Path
@@ -19,12 +18,12 @@ from typing import List, Tuple
 import pytest
 
 from vmm_exec import hooks as hooks_mod
+from vmm_exec.cancel import CancelScope
 from vmm_exec.config import DriverConfig, Paths
-from vmm_exec.engine import perform
+from vmm_exec.engine import Services, perform
 from vmm_exec.hooks import HookError, load_hooks, load_toml, weave
-from vmm_exec.protocol import Gate, Writer
+from vmm_exec.protocol import Gate, Request, Writer
 from vmm_exec.steps import Plan, step
-from vmm_exec.transports.base import Tracker
 from vmm_exec.transports.openssh import OpenSSHTransport
 
 VM_XML = "<VM><ID>42</ID><DEPLOY_ID>one-42</DEPLOY_ID><TEMPLATE/></VM>"
@@ -85,8 +84,8 @@ def run_action(world: Path, hooks_dir: Path, action: str, strict: bool = False
     hooks = load_hooks([str(hooks_dir)])
     out = io.BytesIO()
     payload = base64.b64encode(MESSAGE.encode()).decode()
-    perform(action, "42", payload, config, Writer(out), Tracker(), Gate(),
-            OpenSSHTransport(), hooks)
+    services = Services(config, Writer(out), OpenSSHTransport(), tuple(hooks))
+    perform(services, Request(action, 42, "42", payload), CancelScope(), Gate())
     return out.getvalue().decode().splitlines(), journal(world)
 
 
@@ -289,7 +288,14 @@ def test_hook_module_documents_every_point() -> None:
     doc = hooks_mod.__doc__ or ""
     for point in ("pre", "post", "fail", "before D:A", "after D:A", "on-fail D:A"):
         assert point in doc
-    assert os.path.basename(hooks_mod.DEFAULT_HOOK_DIRS[0]) == "hooks.d"
+
+
+def test_hook_dirs_follow_one_location() -> None:
+    """System-wide: /etc/one and /var/lib/one/remotes; self-contained: under ONE_LOCATION."""
+    assert hooks_mod.hook_dirs(Paths(None), ("/x",)) == [
+        "/etc/one/vmm_exec/hooks.d", "/var/lib/one/remotes/vmm_exec/hooks.d", "/x"]
+    assert hooks_mod.hook_dirs(Paths("/opt/one")) == [
+        "/opt/one/etc/vmm_exec/hooks.d", "/opt/one/var/remotes/vmm_exec/hooks.d"]
 
 
 # ---------------------------------------------------------------------------

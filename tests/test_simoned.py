@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmm_exec.simoned import (
+from vmm_exec.testing.simoned import (
     DEFAULT_ARGS,
     Answer,
     DriverGoneError,

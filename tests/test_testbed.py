@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Set
 
 import pytest
-
-from vmm_exec import testbed as tbmod
-from vmm_exec.testbed import Testbed, pid_alive
+import testbed as tbmod
+from testbed import Testbed, pid_alive
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the test bed needs Linux")
 
@@ -398,7 +397,7 @@ def test_cli_runs_until_sigterm() -> None:
     parent = Path(tempfile.mkdtemp(prefix="vmm-testbed-cli-"))
     parent.chmod(0o755)
     root = parent / "bed"
-    proc = subprocess.Popen([sys.executable, "-m", "vmm_exec.testbed", "--hosts", "2",
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "testbed.py"), "--hosts", "2",
                              "--root", str(root), "--without-remotes", "host02"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
     try:

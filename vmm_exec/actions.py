@@ -5,7 +5,7 @@ deployment file DEPLOY sends), returning a :class:`~vmm_exec.steps.Plan`
 (steps), a :class:`~vmm_exec.steps.DirectCall` (one answered script call) or
 an :class:`~vmm_exec.steps.Immediate` answer (a failed precondition, with
 the original's message). Where the Ruby driver's thread would crash on a
-missing element, an :class:`~vmm_exec.engine.ActionError` says what is
+missing element, an :class:`~vmm_exec.request.ActionError` says what is
 missing instead.
 """
 
@@ -15,9 +15,9 @@ import os
 from typing import Callable, Dict, List, Optional
 
 from vmm_exec import rubyisms, xmlcompat
-from vmm_exec.engine import ActionError, BuildRequest
 from vmm_exec.protocol import RESULT_FAILURE
 from vmm_exec.quoting import bare, shellwords
+from vmm_exec.request import ActionError, BuildRequest
 from vmm_exec.steps import (
     CHECKPOINT_FILE,
     DEPLOY_ID,

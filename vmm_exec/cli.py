@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from vmm_exec import __version__, rubyisms
+from vmm_exec import __version__, logs, rubyisms
 from vmm_exec.config import (
     KNOWN_HYPERVISORS,
     DriverConfig,
@@ -270,25 +270,41 @@ def apply_priority(environ: Dict[str, str]) -> None:
             pass
 
 
+def debug_log_path(paths: Paths, args: Optional[Arguments],
+                   environ: Dict[str, str]) -> Optional[str]:
+    """The debug log when ``ONE_MAD_DEBUG`` is set (by the environment or an rc file):
+    ``one_vmm_exec_<hypervisor>.log`` in the log directory."""
+    if not environ.get("ONE_MAD_DEBUG"):
+        return None
+    hypervisor = args.operands[0] if args is not None and args.operands else "exec"
+    return os.path.join(paths.log_dir, f"one_vmm_exec_{os.path.basename(hypervisor)}.log")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] == "explain":
         from vmm_exec.explain import main as explain_main
 
         return explain_main(raw[1:])
+    if raw and raw[0] == "simulate":
+        from vmm_exec.testing.cli import main as simulate_main
+
+        return simulate_main(raw[1:])
     words = split_oned_argv(raw)
     environ = os.environ
     paths = Paths(environ.get("ONE_LOCATION") or None)
-    debug_log = None
-    if environ.get("ONE_MAD_DEBUG"):
-        operands = [w for w in words if not w.startswith("-")]
-        hv = operands[-1] if operands else "exec"
-        debug_log = os.path.join(paths.log_dir, f"one_vmm_exec_{hv}.log")
-    ensure_stderr(debug_log)
     try:
-        args = getopt_long(words)
+        args: Optional[Arguments] = getopt_long(words)
+        usage_error = None
     except UsageError as exc:
-        print(f"one-vmm-exec: {exc}", file=sys.stderr)
+        args, usage_error = None, exc
+    # like the wrapper: the rc files first, so that ONE_MAD_DEBUG may come from them
+    wrapper_environment(paths, environ)  # type: ignore[arg-type]
+    debug_log = debug_log_path(paths, args, environ)  # type: ignore[arg-type]
+    ensure_stderr(debug_log)
+    logs.setup(sys.stderr, debug=debug_log is not None)
+    if args is None:
+        print(f"one-vmm-exec: {usage_error}", file=sys.stderr)
         return 255
     names = {name for name, _ in args.options}
     if "help" in names:
@@ -297,7 +313,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "version" in names:
         sys.stdout.write(f"one-vmm-exec {__version__}\n")
         return 0
-    wrapper_environment(paths, environ)  # type: ignore[arg-type]
     try:
         config = build_config(args, environ)  # type: ignore[arg-type]
     except UsageError as exc:

@@ -8,15 +8,17 @@ A malformed line never stops the loop.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
-from typing import BinaryIO, Optional
+from typing import BinaryIO, List, Optional
 
 from vmm_exec import message as messages
 from vmm_exec.actions import ACTIONS
 from vmm_exec.config import DriverConfig
+from vmm_exec.context import Services
 from vmm_exec.engine import perform
 from vmm_exec.hooks import hook_dirs, load_hooks
 from vmm_exec.protocol import (
@@ -27,11 +29,14 @@ from vmm_exec.protocol import (
     Finalize,
     Init,
     Malformed,
+    Request,
     Writer,
     parse_line,
 )
 from vmm_exec.scheduler import Job, Scheduler
 from vmm_exec.transports import make_transport
+
+LOG = logging.getLogger(__name__)
 
 EXIT_EOF = 255
 EXIT_TERM = 143
@@ -40,19 +45,9 @@ EXIT_TERM = 143
 ACTION_ARITY = 2
 
 
-def diag(text: str) -> None:
-    """Diagnostics for the operator (the debug log, never the protocol)."""
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-def host_of(job: Job) -> Optional[str]:
-    """The HOST of a queued request, for single-host scheduling (the decoded
-    message stays on the job for the action itself)."""
-    job.decoded = messages.decode(job.payload)
-    return job.decoded.text("HOST")
+def host_of(request: Request) -> Optional[str]:
+    """The HOST of a request, for single-host scheduling (nothing decoded is kept)."""
+    return messages.decode(request.payload).text("HOST")
 
 
 class Driver:
@@ -62,17 +57,16 @@ class Driver:
         self.writer = Writer(stdout)
         self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of)
         self.transport = make_transport(config.transport, config.strict)
-        errors: list = []
-        self.hooks = load_hooks(hook_dirs(config.paths.remotes, config.hook_dirs), errors)
+        errors: List[str] = []
+        hooks = load_hooks(hook_dirs(config.paths, config.hook_dirs), errors)
         for error in errors:
-            diag(f"hook file ignored: {error}")
+            LOG.warning("hook file ignored: %s", error)
+        self.services = Services(config, self.writer, self.transport, tuple(hooks))
         self._done = threading.Event()
         self.exit_code = 0
 
     def _execute(self, job: Job) -> None:
-        perform(job.action, job.msg_id, job.payload, self.config, self.writer, job.tracker,
-                job.gate, self.transport, self.hooks,
-                job.decoded if isinstance(job.decoded, messages.Message) else None)
+        perform(self.services, job.request, job.scope, job.gate)
 
     # -- request loop ---------------------------------------------------------
     def handle(self, line: str) -> None:
@@ -80,15 +74,16 @@ class Driver:
         if isinstance(command, Empty):
             return
         if isinstance(command, Malformed):
-            diag(f"Malformed message: {command.line!r}")
+            LOG.warning("Malformed message: %r", command.line)
         elif isinstance(command, Init):
             if command.args:
-                diag(f"INIT takes no arguments, ignored: {line.strip()!r}")
+                LOG.warning("INIT takes no arguments, ignored: %r", line.strip())
             elif not self.scheduler.finalizing:
                 self.writer.send("INIT", RESULT_SUCCESS)
         elif isinstance(command, Finalize):
             self.scheduler.finalize()
-            threading.Thread(target=self._await_finalize, daemon=True).start()
+            threading.Thread(target=self._await_finalize, daemon=True,
+                             name="finalize").start()
         elif isinstance(command, DriverCancel):
             self.scheduler.cancel(command.action_id)
             self.writer.log(command.action_id,
@@ -98,15 +93,16 @@ class Driver:
 
     def _accept(self, command: ActionLine) -> None:
         if command.action not in ACTIONS:
-            diag(f"Unknown action {command.action!r}, ignored")
+            LOG.warning("Unknown action %r, ignored", command.action)
             return
         if len(command.args) != ACTION_ARITY:
-            diag(f"{command.action} expects an id and a payload, got {len(command.args)} "
-                 "argument(s); ignored")
+            LOG.warning("%s expects an id and a payload, got %d argument(s); ignored",
+                        command.action, len(command.args))
             return
-        job = Job(command.action, command.action_id, command.args[0], command.args[1])
-        if not self.scheduler.submit(job):
-            diag(f"{command.action} {job.msg_id} received after FINALIZE, ignored")
+        request = Request(command.action, command.action_id, command.args[0], command.args[1])
+        if self.scheduler.submit(request) is None:
+            LOG.warning("%s %s received after FINALIZE, ignored", request.action,
+                        request.msg_id)
 
     def _await_finalize(self) -> None:
         self.scheduler.wait_finished()
@@ -120,12 +116,12 @@ class Driver:
                     break
                 try:
                     self.handle(raw.decode("utf-8", "surrogateescape"))
-                except Exception as exc:  # noqa: BLE001 - one bad line never stops the driver
-                    diag(f"Error handling {raw[:200]!r}: {exc!r}")
+                except Exception:  # noqa: BLE001 - one bad line never stops the driver
+                    LOG.exception("Error handling %r", raw[:200])
         except (OSError, ValueError):
             pass
         if not self._done.is_set():
-            diag("stdin closed: oned is gone, stopping all actions")
+            LOG.info("stdin closed: oned is gone, stopping all actions")
             self.scheduler.stop_all()
             self._finish(EXIT_EOF)
 
@@ -150,7 +146,7 @@ def run_driver(config: DriverConfig) -> int:
     driver = Driver(config, sys.stdin.buffer, sys.stdout.buffer)
 
     def on_term(signum: int, frame: object) -> None:
-        threading.Thread(target=driver.terminate, daemon=True).start()
+        threading.Thread(target=driver.terminate, daemon=True, name="sigterm").start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

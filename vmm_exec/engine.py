@@ -7,126 +7,24 @@ FAILURE with a reason an operator can read. Rollback steps never raise.
 
 from __future__ import annotations
 
-import traceback
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+import logging
+from typing import Callable, List, Optional, Tuple
 
 from vmm_exec import message as messages
 from vmm_exec import rubyisms
-from vmm_exec.config import DriverConfig
-from vmm_exec.hooks import Hook, HookedCall, weave
-from vmm_exec.message import Message, MessageError
-from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Writer
-from vmm_exec.rollback import harden, never_stop
-from vmm_exec.runners import StepError, run_direct, run_ds, run_hook, run_tm, run_vmm, run_vnm
-from vmm_exec.steps import DRIVER_NAMES, DirectCall, Immediate, Plan, Step, Sym
-from vmm_exec.transports.api import Transport
-from vmm_exec.transports.base import Cancelled, Tracker
-from vmm_exec.transports.remote import update_remotes
-from vmm_exec.transports.stream import SshStream, StreamCommand
+from vmm_exec.cancel import Cancelled, CancelScope
+from vmm_exec.context import ActionContext, Services
+from vmm_exec.message import MessageError
+from vmm_exec.planning import plan_request
+from vmm_exec.protocol import RESULT_FAILURE, RESULT_SUCCESS, Gate, Request, Writer
+from vmm_exec.request import ActionError, BuildRequest, StepError
+from vmm_exec.rollback import never_stop
+from vmm_exec.runners import run_direct, run_ds, run_hook, run_tm, run_vmm, run_vnm
+from vmm_exec.steps import DRIVER_NAMES, DirectCall, HookedCall, Immediate, Plan, Step, Sym
 
+LOG = logging.getLogger(__name__)
 
-class ActionError(Exception):
-    """A request that cannot be carried out; the message is the FAILURE info."""
-
-
-# Message fields copied into the step data (``get_data`` in Ruby).
-DATA_FIELDS = {
-    "host": "HOST",
-    "deploy_id": "DEPLOY_ID",
-    "checkpoint_file": "CHECKPOINT_FILE",
-    "local_dfile": "LOCAL_DEPLOYMENT_FILE",
-    "remote_dfile": "REMOTE_DEPLOYMENT_FILE",
-    "dest_host": "MIGR_HOST",
-    "disk_target_path": "DISK_TARGET_PATH",
-    "tm_command": "TM_COMMAND",
-}
-
-
-class ActionContext:
-    """State of one running action: ``@data``, streams, network views, output gate."""
-
-    def __init__(self, config: DriverConfig, writer: Writer, msg_id: str, action: str,
-                 message: Message, tracker: Tracker, gate: Gate, transport: Transport) -> None:
-        self.config = config
-        self.transport = transport
-        self.writer = writer
-        self.msg_id = msg_id
-        self.action = action
-        self.message = message
-        self.tracker = tracker
-        self.gate = gate
-        self.data: Dict[str, Optional[str]] = {}
-        for name, path in DATA_FIELDS.items():
-            if message.element(path) is not None:
-                self.data[name] = message.text(path)
-        self.data["vm"] = rubyisms.strict_encode64(
-            message.element_xml("VM").encode("utf-8", "surrogateescape"))
-        self._streams: Dict[bool, StreamCommand] = {}
-        self._vnm: Dict[bool, Tuple[list, str]] = {}
-        # -d names the Ruby method (attach_disk), not the protocol word (ATTACHDISK)
-        self.forward = False
-
-    # -- data ---------------------------------------------------------------
-    @property
-    def default_timeout(self) -> Optional[float]:
-        """The -w timeout where Ruby applies none (network, tm, ds); default mode bounds all."""
-        return None if self.config.strict else self.config.timeout
-
-    def value(self, name: str) -> str:
-        """A symbol's value, ``nil.to_s`` (empty) when unknown."""
-        value = self.data.get(name)
-        return "" if value is None else value
-
-    def log(self, message: str, all_lines: bool = True) -> None:
-        self.writer.log(self.msg_id, message, all_lines, self.gate)
-
-    def hook_data(self) -> Dict[str, Optional[str]]:
-        data = dict(self.data)
-        data["vm_id"] = self.msg_id
-        data["failed_info_text"] = rubyisms.strip(self.data.get("failed_info") or "")
-        return data
-
-    # -- resources ----------------------------------------------------------
-    def vnm_view(self, destination: bool) -> Tuple[list, str]:
-        if destination not in self._vnm:
-            self._vnm[destination] = self.message.vnm_view()
-        return self._vnm[destination]
-
-    def stream(self, destination: bool) -> StreamCommand:
-        """The action's persistent shell on the host (or the migration target)."""
-        if destination and not self.value("dest_host"):
-            raise StepError("this step runs on the migration target but MIGR_HOST is empty")
-        if destination not in self._streams:
-            host = self.value("dest_host" if destination else "host")
-
-            def opener(h: str, shell: str, forward: bool) -> object:
-                return self.transport.open_stream(self.tracker, h, shell, forward)
-
-            killer = None
-            if not self.config.strict:
-                def killer(pgid: int, h: str = host) -> None:
-                    self.transport.kill_remote(h, pgid)
-
-            stream = SshStream(host, self.config.shell, opener,  # type: ignore[arg-type]
-                               self.tracker, forward=self.forward, remote_killer=killer,
-                               identify_timeout=self.default_timeout)
-
-            def refresh(h: str = host) -> None:
-                update_remotes(self.transport, self.tracker, h, self.config.scripts_remote_dir,
-                               self.config.paths.remotes_for_update, self.log)
-
-            self._streams[destination] = StreamCommand(
-                stream, self.config.scripts_remote_dir, self.log, refresh,
-                reconnect=not self.config.strict)
-        return self._streams[destination]
-
-    def close(self) -> None:
-        for command in self._streams.values():
-            try:
-                command.close()
-            except Exception:  # noqa: BLE001 - closing must never fail an action
-                pass
+__all__ = ["Services", "perform", "execute_plan", "StepRunner", "one_line"]
 
 
 class StepRunner:
@@ -138,7 +36,7 @@ class StepRunner:
     def run_steps(self, steps: Tuple[Step, ...]) -> bool:
         ok = False
         for step in steps:
-            self.ctx.tracker.check()
+            self.ctx.scope.check()
             ok, info = self.run_one(step)
             key = f"hook_{step.info_key}" if step.driver == "hook" else step.info_key
             self.ctx.data[key] = rubyisms.strip(info)
@@ -187,7 +85,7 @@ class StepRunner:
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - a crashing step fails, and is rolled back
-            traceback.print_exc()
+            LOG.exception("%s %s: step %s crashed", self.ctx.action, self.ctx.msg_id, step.label)
             return False, one_line(f"Internal error in the driver: {type(exc).__name__}: {exc}")
 
 
@@ -232,14 +130,6 @@ def execute_plan(ctx: ActionContext, plan: Plan) -> Tuple[bool, str]:
     return ok, info
 
 
-def effective(plan: Union[Plan, DirectCall], config: DriverConfig,
-              hooks: Sequence[Hook]) -> Union[Plan, DirectCall, HookedCall]:
-    """What actually runs: the stock plan, default mode's rollbacks, the hooks."""
-    if isinstance(plan, Plan) and not config.strict:
-        plan = harden(plan)
-    return weave(plan, hooks, config.hypervisor)
-
-
 def execute_call_with_hooks(ctx: ActionContext, hooked: HookedCall) -> Tuple[bool, str]:
     """A one-call action with hooks: the call's own outcome is the answer."""
     runner = StepRunner(ctx)
@@ -259,65 +149,44 @@ def execute_call_with_hooks(ctx: ActionContext, hooked: HookedCall) -> Tuple[boo
     return ok, outcome[-1][1]
 
 
-Builder = Callable[["BuildRequest"], object]
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """What an action builder gets: the decoded message and the driver's settings.
-
-    ``payload`` is the base64 text as received (some scripts get it verbatim);
-    ``explain`` builds without reading files (the deployment is a placeholder).
-    """
-
-    action: str
-    msg_id: str
-    message: Message
-    config: DriverConfig
-    payload: str
-    explain: bool = False
-
-
-def perform(action: str, msg_id: str, payload: str, config: DriverConfig, writer: Writer,
-            tracker: Tracker, gate: Gate, transport: Transport,
-            hooks: Sequence[Hook] = (), message: Optional[Message] = None) -> None:
+def perform(services: Services, request: Request, scope: CancelScope, gate: Gate) -> None:
     """Carry out one request and send its single answer (none if cancelled).
 
-    ``message`` is the payload already decoded (by the scheduler's host lookup).
+    The payload is decoded here, in the action's own thread: the queue holds
+    only the request line's text.
     """
-    from vmm_exec.actions import build
-
+    writer, config = services.writer, services.config
+    action, msg_id = request.action, request.msg_id
     try:
-        if message is None:
-            try:
-                message = messages.decode(payload)
-            except MessageError as exc:
-                raise ActionError(f"Cannot perform {action}: {exc}") from exc
-        request = BuildRequest(action, msg_id, message, config, payload)
-        plan = build(request)
-        if isinstance(plan, Immediate):
-            answer(writer, gate, plan.action, msg_id, plan.result == RESULT_SUCCESS, plan.info)
+        try:
+            message = messages.decode(request.payload)
+        except MessageError as exc:
+            raise ActionError(f"Cannot perform {action}: {exc}") from exc
+        planned = plan_request(BuildRequest(action, msg_id, message, config, request.payload),
+                               services.hooks)
+        if isinstance(planned, Immediate):
+            answer(writer, gate, planned.action, msg_id, planned.result == RESULT_SUCCESS,
+                   planned.info)
             return
-        ctx = ActionContext(config, writer, msg_id, action, message, tracker, gate, transport)
-        if isinstance(plan, Plan):
-            ctx.forward = plan.main_action.upper() in config.delegate_actions
-        woven = effective(plan, config, hooks)
-        if isinstance(woven, HookedCall):
-            ok, info = execute_call_with_hooks(ctx, woven)
-        elif isinstance(woven, DirectCall):
-            ok, info = run_direct(ctx, woven)
+        ctx = ActionContext(services, action, msg_id, message, scope, gate)
+        if isinstance(planned, Plan):
+            ctx.forward = planned.main_action.upper() in config.delegate_actions
+        if isinstance(planned, HookedCall):
+            ok, info = execute_call_with_hooks(ctx, planned)
+        elif isinstance(planned, DirectCall):
+            ok, info = run_direct(ctx, planned)
         else:
-            ok, info = execute_plan(ctx, woven)
-        tracker.check()
+            ok, info = execute_plan(ctx, planned)
+        scope.check()
         answer(writer, gate, action, msg_id, ok, info)
     except Cancelled:
         return
     except (ActionError, MessageError, StepError) as exc:
-        if not tracker.cancelled:
+        if not scope.cancelled:
             answer(writer, gate, action, msg_id, False, one_line(str(exc)))
     except Exception as exc:  # noqa: BLE001 - every request gets its answer
-        if not tracker.cancelled:
-            traceback.print_exc()
+        if not scope.cancelled:
+            LOG.exception("%s %s: internal error", action, msg_id)
             answer(writer, gate, action, msg_id, False,
                    one_line(f"Internal error in the driver: {type(exc).__name__}: {exc}"))
 

@@ -11,15 +11,16 @@ import argparse
 import base64
 import os
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
-from vmm_exec.actions import ACTIONS, build
+from vmm_exec.actions import ACTIONS
 from vmm_exec.config import DriverConfig, Paths
-from vmm_exec.engine import ActionError, BuildRequest, effective
-from vmm_exec.hooks import HookedCall, HookError, hook_dirs, load_hooks
+from vmm_exec.hooks import Hook, HookError, hook_dirs, load_hooks
 from vmm_exec.message import MessageError
 from vmm_exec.message import decode as decode_message
-from vmm_exec.steps import DirectCall, Immediate, Plan, Step
+from vmm_exec.planning import Effective, plan_request
+from vmm_exec.request import ActionError, BuildRequest
+from vmm_exec.steps import DirectCall, HookedCall, Immediate, Plan, Step
 
 _DS = "host01:/var/lib/one//datastores/0/42"
 _CONTEXT = f"CONTEXT ssh /var/lib/one/vms/42/context.sh {_DS}/disk.1 42 0"
@@ -79,14 +80,13 @@ def read_message(path: str) -> str:
         "".join(text.split())).decode("utf-8", "surrogateescape")
 
 
-def effective_plan(action: str, xml: str, config: DriverConfig, hooks: Sequence) -> object:
+def effective_plan(action: str, xml: str, config: DriverConfig,
+                   hooks: Sequence[Hook]) -> Union[Immediate, Effective]:
+    """What the driver would run for this request (the engine plans with the same function)."""
     payload = base64.b64encode(xml.encode("utf-8", "surrogateescape")).decode()
     request = BuildRequest(action, "42", decode_message(payload), config, payload,
                            explain=True)
-    plan = build(request)
-    if isinstance(plan, Immediate):
-        return plan
-    return effective(plan, config, hooks)
+    return plan_request(request, hooks)
 
 
 def _describe(step: Step) -> str:
@@ -200,7 +200,7 @@ def main(argv: Sequence[str]) -> int:
                           paths=paths, hook_dirs=tuple(args.hooks_dir),
                           live_disk_snapshots=(f"{args.hypervisor}-qcow2",))
     try:
-        hooks = load_hooks(hook_dirs(paths.remotes, config.hook_dirs))
+        hooks = load_hooks(hook_dirs(paths, config.hook_dirs))
         xml = read_message(args.message) if args.message else sample_message(
             action, args.hypervisor)
         plan = effective_plan(action, xml, config, hooks)

@@ -1,8 +1,9 @@
 """Add-on hooks: extend or roll back any action, from the add-on's own directory.
 
 An add-on drops one file into a hook directory (default
-``/etc/one/vmm_exec/hooks.d/`` and ``<remotes>/vmm_exec/hooks.d/``, more with
-``--hooks-dir``): TOML (``*.toml``) or the Ruby step-hash syntax (``*.rb``).
+``/etc/one/vmm_exec/hooks.d/`` and ``<remotes>/vmm_exec/hooks.d/``, under
+``$ONE_LOCATION`` in a self-contained install, more with ``--hooks-dir``):
+TOML (``*.toml``) or the Ruby step-hash syntax (``*.rb``).
 Each hook is an ordinary step (the same DSL as the stock step lists) attached
 to a hook point:
 
@@ -25,16 +26,17 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from vmm_exec.steps import DRIVERS, DirectCall, Param, Step, Sym
+from vmm_exec.config import Paths
+from vmm_exec.rubyhash import RubyHashError, parse
+from vmm_exec.steps import DRIVERS, DirectCall, HookedCall, Param, Plan, Step, Sym
 
 try:
     import tomllib as _toml
 except ImportError:  # pragma: no cover - Python < 3.11
     import tomli as _toml  # type: ignore[no-redef]
 
-DEFAULT_HOOK_DIRS = ("/etc/one/vmm_exec/hooks.d",)
 POINT = re.compile(r"^(pre|post|fail|(before|after|on-fail) (vmm|vnm|tm|ds|hook):(\S+))$")
 HOOK_DRIVERS = DRIVERS
 WHERE = ("host", "destination", "frontend")
@@ -59,8 +61,11 @@ class Hook:
                 and (not self.hypervisors or hypervisor in self.hypervisors))
 
 
-def hook_dirs(remotes: str, extra: Sequence[str] = ()) -> List[str]:
-    return [*DEFAULT_HOOK_DIRS, os.path.join(remotes, "vmm_exec", "hooks.d"), *extra]
+def hook_dirs(paths: Paths, extra: Sequence[str] = ()) -> List[str]:
+    """Where hook files are read from: ``ETC/vmm_exec/hooks.d`` (``/etc/one`` or
+    ``$ONE_LOCATION/etc``), ``REMOTES/vmm_exec/hooks.d``, then ``--hooks-dir``s."""
+    return [os.path.join(paths.etc, "vmm_exec", "hooks.d"),
+            os.path.join(paths.remotes, "vmm_exec", "hooks.d"), *extra]
 
 
 def load_hooks(dirs: Sequence[str], errors: Optional[List[str]] = None) -> List[Hook]:
@@ -127,8 +132,6 @@ def load_ruby(path: str) -> List[Hook]:
     is a step hash of the Ruby DSL plus ``:point`` (and optional
     ``:hypervisors``/``:actions``).
     """
-    from vmm_exec.rubyhash import RubyHashError, parse
-
     try:
         with open(path, encoding="utf-8") as handle:
             value = parse(handle.read(), path)
@@ -252,7 +255,8 @@ def _tag(step: Step, hook: Hook, *, rollback: bool = False) -> Step:
                    no_fail=step.no_fail or rollback, hook_point=hook.point)
 
 
-def weave(plan: Any, hooks: Sequence[Hook], hypervisor: str) -> Any:
+def weave(plan: Union[Plan, DirectCall], hooks: Sequence[Hook],
+          hypervisor: str) -> Union[Plan, DirectCall, HookedCall]:
     """The plan with the applicable hooks attached (unchanged when there are none)."""
     mine = [h for h in hooks if h.applies(plan.action, hypervisor)]
     if not mine:
@@ -295,20 +299,6 @@ def _weave_steps(steps: Sequence[Step], hooks: Sequence[Hook]) -> List[Step]:
         out.extend(_inherit(_tag(h.step, h), following) for h in hooks
                    if h.point == f"after {s.label}")
     return out
-
-
-@dataclass(frozen=True)
-class HookedCall:
-    """A one-call action (POLL, RESIZE, ...) with pre/post/fail hooks around it."""
-
-    call: DirectCall
-    pre_hooks: Tuple[Step, ...]
-    post_hooks: Tuple[Step, ...]
-    fail_hooks: Tuple[Step, ...]
-
-    @property
-    def action(self) -> str:
-        return self.call.action
 
 
 def hook_environment(data: Mapping[str, Optional[str]], action: str, point: str,

@@ -63,6 +63,20 @@ class ActionLine:
 Command = Union[Empty, Malformed, Init, Finalize, DriverCancel, ActionLine]
 
 
+@dataclass(frozen=True)
+class Request:
+    """An accepted action request, as the scheduler queues it and the engine carries it out.
+
+    Only text: the payload is decoded when the action runs, so a long queue
+    costs no more than its lines.
+    """
+
+    action: str
+    action_id: int
+    msg_id: str
+    payload: str
+
+
 def parse_line(line: str) -> Command:
     """Classify one request line exactly as ``OpenNebulaDriver#loop`` does."""
     fields = rubyisms.split_regex_ws(line)

@@ -85,24 +85,6 @@ HARDENERS: Dict[str, Callable[[Plan], Plan]] = {
     "ATTACHNIC": _attach_nic,
 }
 
-# What is left behind on failure and what default mode does about it (README table).
-LEFT_BEHIND = (
-    ("DEPLOY", "network `pre` on the host when a later step fails before `deploy`",
-     "`vnm clean` on the host after any failure"),
-    ("RESTORE", "network `pre` when `restore` fails; network after `post` fails",
-     "`vnm clean` on the host after any failure"),
-    ("MIGRATE", "the target's network `pre` (and the TM pre-migrate when `pre` fails)",
-     "`vnm clean` on the target, then `tm failmigrate`"),
-    ("ATTACHNIC", "the attached NIC and its network when a later step fails",
-     "`detach_nic` and `vnm clean`"),
-    ("ATTACHDISK", "the TM-attached disk", "already rolled back by the stock list (`tm_detach`)"),
-    ("RESIZEDISK", "a grown disk image when the hypervisor resize fails",
-     "nothing: growing is not reversible; the image is larger, the VM unchanged"),
-    ("SAVE, SHUTDOWN, CANCEL, DETACHNIC", "network left configured when `clean` fails",
-     "nothing to undo: the VM is already gone/detached; the failure is reported"),
-)
-
-
 def harden(plan: Plan) -> Plan:
     """The plan with default-mode rollbacks added (unchanged for other actions)."""
     fn = HARDENERS.get(plan.action)

@@ -9,24 +9,20 @@ and ``DatastoreExecDriver#do_datastore_action`` (ds), each ending in
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from vmm_exec import rubyisms
+from vmm_exec.context import ActionContext
+from vmm_exec.hooks import hook_environment
 from vmm_exec.protocol import split_stderr
 from vmm_exec.quoting import bare, single_quoted
-from vmm_exec.steps import DirectCall, Step, Sym
+from vmm_exec.request import StepError
+from vmm_exec.steps import DirectCall, Param, Step, Sym
 from vmm_exec.transports.base import Execution
 from vmm_exec.transports.local import capture, report, run_local
 from vmm_exec.transports.remote import run_remotes_command
 
-if TYPE_CHECKING:
-    from vmm_exec.engine import ActionContext
-
 Outcome = Tuple[bool, str]
-
-
-class StepError(Exception):
-    """A step that cannot even be started (bad parameters): fails the action with this reason."""
 
 
 def info_from_execution(ctx: ActionContext, result: Execution) -> Outcome:
@@ -39,7 +35,7 @@ def info_from_execution(ctx: ActionContext, result: Execution) -> Outcome:
     return result.code == 0, info if info else "-"
 
 
-def render_parameters(ctx: ActionContext, params: Sequence[object]) -> str:
+def render_parameters(ctx: ActionContext, params: Sequence[Param]) -> str:
     """``get_parameters``: each value in single quotes (safely), blank separated."""
     words = []
     for param in params:
@@ -70,7 +66,7 @@ def run_vmm(ctx: ActionContext, step: Step) -> Outcome:
                                   ctx.config.vmm_directory, local_script)
     stdin = step.stdin if step.stdin is not None else ctx.message.xml()
     if local:
-        result = run_local(ctx.tracker, command, ctx.log,
+        result = run_local(ctx.scope, command, ctx.log,
                            rubyisms.strict_encode64(stdin.encode("utf-8", "surrogateescape")),
                            ctx.config.timeout)
     else:
@@ -96,7 +92,7 @@ def run_vnm(ctx: ActionContext, step: Step) -> Outcome:
         command = action_command_line(ctx, step.action, params, None,
                                       os.path.join("vnm", driver), local)
         if local:
-            result = run_local(ctx.tracker, command, ctx.log, encoded, ctx.default_timeout)
+            result = run_local(ctx.scope, command, ctx.log, encoded, ctx.default_timeout)
         else:
             stdin = step.stdin if step.stdin is not None else encoded
             result = ctx.stream(destination=step.destination).run(
@@ -140,7 +136,7 @@ def run_tm(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Ou
             return False, f"Driver path '{path}' nor '{shortened}' exists"
         path = shortened
     command = f"{bare(path)} {args}"
-    result = run_local(ctx.tracker, command, ctx.log, stdin, ctx.default_timeout)
+    result = run_local(ctx.scope, command, ctx.log, stdin, ctx.default_timeout)
     return info_from_execution(ctx, result)
 
 
@@ -151,7 +147,7 @@ def run_ds(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Ou
     if ds not in _driver_dirs(ds_dir):
         return False, f"Datastore Driver '{ds}' not available"
     command = f"{bare(os.path.join(ds_dir, ds, cmd))} {args}"
-    result = run_local(ctx.tracker, command, ctx.log, stdin, ctx.default_timeout)
+    result = run_local(ctx.scope, command, ctx.log, stdin, ctx.default_timeout)
     return info_from_execution(ctx, result)
 
 
@@ -167,14 +163,15 @@ def run_direct(ctx: ActionContext, call: DirectCall) -> Outcome:
     command = action_command_line(ctx, call.action, params, call.script_name,
                                   ctx.config.vmm_directory, local)
     if local:
-        result = run_local(ctx.tracker, command, ctx.log,
+        result = run_local(ctx.scope, command, ctx.log,
                            rubyisms.strict_encode64(call.stdin.encode("utf-8", "surrogateescape")),
                            ctx.config.timeout)
     else:
-        result = run_remotes_command(ctx.transport, ctx.tracker, command, host,
+        result = run_remotes_command(ctx.transport, ctx.scope, command, host,
                                      ctx.config.scripts_remote_dir,
                                      ctx.config.paths.remotes_for_update, ctx.log, call.stdin,
-                                     ctx.config.retries, ctx.config.timeout)
+                                     ctx.config.retries, ctx.config.timeout,
+                                     update_timeout=ctx.default_timeout)
     return info_from_execution(ctx, result)
 
 
@@ -197,8 +194,6 @@ def run_hook(ctx: ActionContext, step: Step) -> Outcome:
     deploy id, hosts, action, point, failed step and info) and, on stdin,
     the VM XML unless the hook asks otherwise.
     """
-    from vmm_exec.hooks import hook_environment
-
     env = hook_environment(ctx.hook_data(), ctx.action, step.hook_point, step.origin)
     script = step.script_name or step.action
     params = render_parameters(ctx, step.parameters)
@@ -207,7 +202,7 @@ def run_hook(ctx: ActionContext, step: Step) -> Outcome:
         command = f"{bare(script)} {params}".rstrip()
         full_env = dict(os.environ)
         full_env.update(env)
-        result = capture(ctx.tracker, command, stdin, ctx.config.timeout, env=full_env)
+        result = capture(ctx.scope, command, stdin, ctx.config.timeout, env=full_env)
         return info_from_execution(ctx, report(result, command, ctx.log))
     path = script if script.startswith("/") else os.path.join(ctx.config.scripts_remote_dir, script)
     assignments = " ".join(f"{k}={single_quoted(v)}" for k, v in env.items())

@@ -9,7 +9,7 @@ returns a :class:`Plan`; nothing here runs anything, so a plan can be printed
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Tuple, Union
 
 DRIVERS = ("vmm", "vnm", "tm", "ds", "hook")
@@ -88,9 +88,6 @@ class Step:
         """``driver:action``, how hooks name a step."""
         return f"{self.driver}:{self.action}"
 
-    def with_fail_actions(self, *extra: Step) -> Step:
-        return replace(self, fail_actions=self.fail_actions + tuple(extra))
-
 
 def step(driver: str, action: str, *parameters: Param, **options: object) -> Step:
     """Shorthand so step lists read like the Ruby hashes: ``step("vnm", "post", HOST, ...)``."""
@@ -159,6 +156,20 @@ class Immediate:
 
 
 ActionPlan = Union[Plan, DirectCall, Immediate]
+
+
+@dataclass(frozen=True)
+class HookedCall:
+    """A one-call action (POLL, RESIZE, ...) with add-on hooks around the call."""
+
+    call: DirectCall
+    pre_hooks: Tuple[Step, ...]
+    post_hooks: Tuple[Step, ...]
+    fail_hooks: Tuple[Step, ...]
+
+    @property
+    def action(self) -> str:
+        return self.call.action
 
 HOST = Sym("host")
 DEPLOY_ID = Sym("deploy_id")

@@ -7,8 +7,7 @@ import sys
 from typing import Callable, Iterator
 
 import pytest
-
-from vmm_exec.testbed import Testbed
+from testbed import Testbed
 
 from .kit import World
 

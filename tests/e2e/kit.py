@@ -1,6 +1,6 @@
 """The driver's world on real OpenSSH hosts: remotes, journal, faults, payloads, driver.
 
-A :class:`World` lives inside a started :class:`vmm_exec.testbed.Testbed` (its
+A :class:`World` lives inside a started :class:`tests/testbed.py.Testbed` (its
 directory is under the test bed's root, so the hosts' user can reach it)::
 
     <world>/one/var/config          SCRIPTS_REMOTE_DIR=var/tmp/one
@@ -56,8 +56,9 @@ from typing import (
     Union,
 )
 
-from vmm_exec.simoned import Answer, SimulatedOned
-from vmm_exec.testbed import Testbed, pid_alive
+from testbed import Testbed, pid_alive
+
+from vmm_exec.testing.simoned import Answer, SimulatedOned
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = PROJECT_ROOT / "compat" / "scenarios"

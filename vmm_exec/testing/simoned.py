@@ -322,7 +322,7 @@ class SimulatedOned:
         """Copy the environment; for the default command make this checkout importable."""
         result = dict(os.environ if env is None else env)
         if default_command:
-            root = str(Path(__file__).resolve().parent.parent)
+            root = str(Path(__file__).resolve().parents[2])
             old = result.get("PYTHONPATH")
             result["PYTHONPATH"] = root if not old else f"{root}{os.pathsep}{old}"
         return result

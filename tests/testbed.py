@@ -23,7 +23,7 @@ host's sessions the processes found through ``/proc`` (holders of the host's
 sockets, processes carrying the host's ``TESTBED_*`` environment, members of the
 recorded sessions). Waits are bounded.
 
-``python -m vmm_exec.testbed --hosts 4 --remotes DIR`` starts a test bed, prints
+``python tests/testbed.py --hosts 4 --remotes DIR`` starts a test bed, prints
 how to use it and runs until Ctrl-C or SIGTERM. Linux only; needs root.
 """
 
@@ -1031,7 +1031,7 @@ class Testbed:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vmm_exec.testbed",
+        prog="python tests/testbed.py",
         description="Start real OpenSSH fake hosts on loopback addresses until Ctrl-C/SIGTERM.")
     parser.add_argument("--hosts", type=int, default=2, help="number of hosts (host01...)")
     parser.add_argument("--remotes", help="remotes tree copied into every host's "
