@@ -12,6 +12,7 @@ import base64
 import os
 import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -400,3 +401,36 @@ class Journal:
             else:
                 active.discard(vmid)
         return pairs
+
+
+# --------------------------------------------------------------------------------------
+# PID reuse, for real
+# --------------------------------------------------------------------------------------
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def can_choose_pids() -> bool:
+    """Root with a writable ``ns_last_pid`` (Linux ≥ 3.3, CAP_SYS_ADMIN): the next PID
+    the kernel hands out can be chosen."""
+    return os.geteuid() == 0 and os.access(NS_LAST_PID, os.W_OK)
+
+
+def spawn_with_pid(pid: int, argv: Sequence[str], user: Optional[str] = None,
+                   attempts: int = 20) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as the leader of a new session whose PID is exactly ``pid``.
+
+    This is how a cloud host reuses the PID of a process group that has ended.
+    Another process may take the number first: then that attempt is undone and
+    retried. Raises RuntimeError when no attempt got the PID.
+    """
+    for _ in range(attempts):
+        NS_LAST_PID.write_text(str(pid - 1))
+        proc = subprocess.Popen(list(argv), start_new_session=True, user=user,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise RuntimeError(f"could not start a process with PID {pid}")
