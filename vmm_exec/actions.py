@@ -114,9 +114,10 @@ def deploy(req: BuildRequest) -> ActionPlan:
         # Make vm_dir, store vm.xml and ds.xml
         step("vmm", "/bin/mkdir -p", vm_dir, is_local=is_action_local, stdin="",
              no_extra_params=True),
-        step("vmm", f"/bin/cat - >{vm_dir}/vm.xml", is_local=is_action_local,
+        # (the path quoted where Ruby pasted it raw: same text for ordinary paths)
+        step("vmm", f"/bin/cat - >{bare(vm_dir + '/vm.xml')}", is_local=is_action_local,
              stdin=req.message.element_xml("VM"), no_extra_params=True),
-        step("vmm", f"/bin/cat - >{vm_dir}/ds.xml", is_local=is_action_local,
+        step("vmm", f"/bin/cat - >{bare(vm_dir + '/ds.xml')}", is_local=is_action_local,
              stdin=req.message.element_xml("DATASTORE"), no_extra_params=True),
         # Boot the Virtual Machine
         step("vmm", "deploy", dfile, HOST, stdin=domain, fail_actions=[
