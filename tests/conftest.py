@@ -8,6 +8,28 @@ import pytest
 from testbed import Testbed, Unavailable
 
 # --------------------------------------------------------------------------------------
+# Lanes: markers set from what a test uses (declared in setup.cfg)
+# --------------------------------------------------------------------------------------
+
+HOST_FIXTURES = {"testbed", "make_testbed", "e2e_bed", "bed", "world"}
+CORPUS_MODULES = {"test_compat.py", "test_compat_runner.py"}
+DRIVER_MODULES = {"test_driver_process.py", "test_simoned.py", "test_simulate.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """``hosts``: real sshd hosts; ``corpus``: the recorded Ruby corpus; ``driver``: the
+    driver (or a stub) as a real process. The fast lane deselects all three."""
+    for item in items:
+        name = item.path.name
+        if HOST_FIXTURES & set(getattr(item, "fixturenames", ())) or "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.hosts)
+        if name in CORPUS_MODULES:
+            item.add_marker(pytest.mark.corpus)
+        if name in DRIVER_MODULES:
+            item.add_marker(pytest.mark.driver)
+
+
+# --------------------------------------------------------------------------------------
 # The OpenSSH test bed (tests/testbed.py): real sshds on loopback addresses
 # --------------------------------------------------------------------------------------
 
