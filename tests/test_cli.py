@@ -219,14 +219,14 @@ def test_scripts_remote_dir_repeated_and_lowercase(tmp_path: Path) -> None:
 
 
 def test_missing_config_file_uses_default_with_a_note(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     one = make_one_location(tmp_path)
     (one / "var" / "config").unlink()
     config = config_for(["kvm"], base_environ(one))
     assert config.scripts_remote_dir == DEFAULT_SCRIPTS_REMOTE_DIR == "/var/tmp/one"
-    err = capsys.readouterr().err
-    assert "config" in err.lower()
-    assert DEFAULT_SCRIPTS_REMOTE_DIR in err
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("config" in n.lower() for n in notes)
+    assert any(DEFAULT_SCRIPTS_REMOTE_DIR in n for n in notes)
 
 
 def test_config_without_scripts_remote_dir_uses_default(tmp_path: Path) -> None:
@@ -353,6 +353,37 @@ def test_debug_log_receives_diagnostics(tmp_path: Path) -> None:
     assert len(logs) == 1, logs
     text = logs[0].read_text()
     assert "Malformed" in text and "NOSUCH" in text
+
+
+def test_debug_log_from_defaultrc_named_after_the_hypervisor(tmp_path: Path) -> None:
+    """``ONE_MAD_DEBUG`` set the usual way (in ``etc/defaultrc``, which the wrapper
+    sources) opens the debug log; its name comes from the HYPERVISOR operand, not
+    from the last word of ARGUMENTS (``-w 30`` last)."""
+    one = make_one_location(tmp_path)
+    (one / "etc" / "defaultrc").write_text("ONE_MAD_DEBUG=1\n")
+    env = driver_env(one, tmp_path / "ctrl")
+    env.pop("ONE_MAD_DEBUG", None)
+    with SimulatedOned(["-t", "15", "-r", "0", "kvm", "-w", "30"], env=env,
+                       cwd=tmp_path).start() as driver:
+        driver.send_raw(" malformed line")
+        assert driver.finalize(timeout=10) == 0
+    logs = sorted(p.name for p in (one / "var").glob("*.log"))
+    assert logs == ["one_vmm_exec_kvm.log"]
+    text = (one / "var" / "one_vmm_exec_kvm.log").read_text()
+    assert "Malformed message" in text
+    # timestamps and thread names: a line an operator can place
+    line = next(x for x in text.splitlines() if "Malformed message" in x)
+    assert line[:4].isdigit() and "[oned-reader]" in line
+
+
+def test_no_debug_log_without_one_mad_debug(tmp_path: Path) -> None:
+    one = make_one_location(tmp_path)
+    env = driver_env(one, tmp_path / "ctrl")
+    env.pop("ONE_MAD_DEBUG", None)
+    with SimulatedOned(["kvm"], env=env, cwd=tmp_path).start() as driver:
+        driver.send_raw(" malformed line")
+        assert driver.finalize(timeout=10) == 0
+    assert list((one / "var").glob("*.log")) == []
 
 
 # --------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ over to :mod:`vmm_exec.driver`.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 from vmm_exec import __version__, logs, rubyisms
 from vmm_exec.config import (
@@ -25,6 +26,8 @@ from vmm_exec.config import (
     scripts_remote_dir,
     source_rc_file,
 )
+
+LOG = logging.getLogger(__name__)
 
 USAGE = """\
 usage: one-vmm-exec [options] HYPERVISOR
@@ -173,28 +176,38 @@ def _long_name(prefix: str) -> str:
     raise UsageError(f"unrecognized option `--{prefix}'")
 
 
-def build_config(args: Arguments, environ: Dict[str, str]) -> DriverConfig:
+def build_config(args: Arguments, environ: MutableMapping[str, str]) -> DriverConfig:
     """Turn parsed arguments and the environment into the driver's configuration."""
-    values: Dict[str, object] = {}
+    defaults = DriverConfig(hypervisor="")
+    retries, threads, timeout = defaults.retries, defaults.threads, 0
+    local_actions, delegate_actions = defaults.local_actions, defaults.delegate_actions
+    shell, single_host, strict = defaults.shell, defaults.single_host, defaults.strict
+    transport = defaults.transport
     rc_files: List[str] = []
     hook_dirs: List[str] = []
     for name, value in args.options:
-        if name in ("retries", "threads", "timeout"):
-            values[name] = rubyisms.to_i(value)
-        elif name in ("local", "delegate"):
-            values[f"{name}_actions"] = rubyisms.parse_actions_list(value)
+        if name == "retries":
+            retries = rubyisms.to_i(value)
+        elif name == "threads":
+            threads = rubyisms.to_i(value)
+        elif name == "timeout":
+            timeout = rubyisms.to_i(value)
+        elif name == "local":
+            local_actions = rubyisms.parse_actions_list(value)
+        elif name == "delegate":
+            delegate_actions = rubyisms.parse_actions_list(value)
         elif name == "shell":
-            values["shell"] = value
+            shell = value
         elif name == "parallel":
-            values["single_host"] = False
+            single_host = False
         elif name == "compat":
             if value not in ("strict", "default"):
                 raise UsageError("--compat must be strict or default")
-            values["strict"] = value == "strict"
+            strict = value == "strict"
         elif name == "transport":
             if value not in ("openssh", "paramiko"):
                 raise UsageError("--transport must be openssh or paramiko")
-            values["transport"] = value
+            transport = value
         elif name == "rc":
             rc_files.append(value)
         elif name == "hooks-dir":
@@ -204,22 +217,25 @@ def build_config(args: Arguments, environ: Dict[str, str]) -> DriverConfig:
     paths = Paths(environ.get("ONE_LOCATION") or None)
     for rc in rc_files:
         environ.update(source_rc_file(rc, environ))
-    threads = int(values.pop("threads", 15))  # type: ignore[call-overload]
-    timeout = values.pop("timeout", None)
-    config = DriverConfig(
+    if threads < 1:
+        LOG.warning("--threads %d would never run an action; using 1", threads)
+    return DriverConfig(
         hypervisor=args.operands[0],
+        retries=retries,
         threads=max(threads, 1),
-        timeout=timeout if isinstance(timeout, int) and timeout > 0 else None,
+        local_actions=local_actions,
+        delegate_actions=delegate_actions,
+        shell=shell,
+        single_host=single_host,
+        timeout=timeout if timeout > 0 else None,
+        strict=strict,
+        transport=transport,
         paths=paths,
         scripts_remote_dir=scripts_remote_dir(read_one_config(paths.config_file)),
         live_disk_snapshots=tuple(rubyisms.split_words(environ.get("LIVE_DISK_SNAPSHOTS", ""))),
         vnmad_local_actions=tuple(rubyisms.split_words(environ.get("VNMAD_LOCAL_ACTIONS", ""))),
         hook_dirs=tuple(hook_dirs),
-        **values,  # type: ignore[arg-type]
     )
-    if threads < 1:
-        print(f"--threads {threads} would never run an action; using 1", file=sys.stderr)
-    return config
 
 
 def ensure_stderr(log_path: Optional[str]) -> None:
@@ -251,13 +267,13 @@ def ensure_stderr(log_path: Optional[str]) -> None:
                                   errors="backslashreplace", line_buffering=True)
 
 
-def wrapper_environment(paths: Paths, environ: Dict[str, str]) -> None:
+def wrapper_environment(paths: Paths, environ: MutableMapping[str, str]) -> None:
     """Export ``defaultrc`` and ``vmm_execrc`` variables, as ``madcommon.sh`` does."""
     for rc in paths.rc_files:
         environ.update(source_rc_file(rc, environ))
 
 
-def apply_priority(environ: Dict[str, str]) -> None:
+def apply_priority(environ: Mapping[str, str]) -> None:
     """``nice -n $PRIORITY`` (default 19), like the wrapper."""
     try:
         increment = int(environ.get("PRIORITY") or 19)
@@ -271,7 +287,7 @@ def apply_priority(environ: Dict[str, str]) -> None:
 
 
 def debug_log_path(paths: Paths, args: Optional[Arguments],
-                   environ: Dict[str, str]) -> Optional[str]:
+                   environ: Mapping[str, str]) -> Optional[str]:
     """The debug log when ``ONE_MAD_DEBUG`` is set (by the environment or an rc file):
     ``one_vmm_exec_<hypervisor>.log`` in the log directory."""
     if not environ.get("ONE_MAD_DEBUG"):
@@ -299,8 +315,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         args, usage_error = None, exc
     # like the wrapper: the rc files first, so that ONE_MAD_DEBUG may come from them
-    wrapper_environment(paths, environ)  # type: ignore[arg-type]
-    debug_log = debug_log_path(paths, args, environ)  # type: ignore[arg-type]
+    wrapper_environment(paths, environ)
+    debug_log = debug_log_path(paths, args, environ)
     ensure_stderr(debug_log)
     logs.setup(sys.stderr, debug=debug_log is not None)
     if args is None:
@@ -314,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.write(f"one-vmm-exec {__version__}\n")
         return 0
     try:
-        config = build_config(args, environ)  # type: ignore[arg-type]
+        config = build_config(args, environ)
     except UsageError as exc:
         print(f"one-vmm-exec: {exc}", file=sys.stderr)
         return 255
@@ -322,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if config.hypervisor not in KNOWN_HYPERVISORS and not os.path.isdir(remotes_dir):
         print(f"one-vmm-exec: warning: no remotes directory {remotes_dir} for "
               f"hypervisor {config.hypervisor!r}", file=sys.stderr)
-    apply_priority(environ)  # type: ignore[arg-type]
+    apply_priority(environ)
     try:
         os.chdir(paths.var)  # the wrapper's `cd $VAR_LOCATION`: local scripts run there
     except OSError:

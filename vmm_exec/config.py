@@ -8,13 +8,15 @@ one immutable :class:`DriverConfig`.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from vmm_exec import rubyisms
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_SCRIPTS_REMOTE_DIR = "/var/tmp/one"
 KNOWN_HYPERVISORS = ("kvm", "qemu", "lxc", "firecracker")
@@ -83,7 +85,7 @@ def read_one_config(path: str) -> Dict[str, Union[str, List[str]]]:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             text = handle.read()
     except OSError as exc:
-        print(f"Error reading config: {exc}", file=sys.stderr)
+        LOG.warning("Error reading config: %s", exc)
         return config
     for line in text.split("\n"):
         name, sep, value = line.partition("=")
@@ -150,9 +152,9 @@ class DriverConfig:
     transport: str = "openssh"
     paths: Paths = field(default_factory=lambda: Paths(None))
     scripts_remote_dir: str = DEFAULT_SCRIPTS_REMOTE_DIR
-    live_disk_snapshots: tuple = ()
-    vnmad_local_actions: tuple = ()
-    hook_dirs: tuple = ()
+    live_disk_snapshots: Tuple[str, ...] = ()
+    vnmad_local_actions: Tuple[str, ...] = ()
+    hook_dirs: Tuple[str, ...] = ()
 
     @property
     def vmm_directory(self) -> str:
@@ -173,7 +175,7 @@ def scripts_remote_dir(config: Mapping[str, Union[str, List[str]]]) -> str:
     if isinstance(value, list):
         value = value[-1]
     if not value:
-        print("SCRIPTS_REMOTE_DIR not set in oned's config file, using "
-              f"{DEFAULT_SCRIPTS_REMOTE_DIR}", file=sys.stderr)
+        LOG.warning("SCRIPTS_REMOTE_DIR not set in oned's config file, using %s",
+                    DEFAULT_SCRIPTS_REMOTE_DIR)
         return DEFAULT_SCRIPTS_REMOTE_DIR
     return value

@@ -9,7 +9,7 @@ engine creates and closes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from vmm_exec import rubyisms
 from vmm_exec.cancel import CancelScope
@@ -67,7 +67,7 @@ class ActionContext:
         self.data["vm"] = rubyisms.strict_encode64(
             message.element_xml("VM").encode("utf-8", "surrogateescape"))
         self._streams: Dict[bool, StreamCommand] = {}
-        self._vnm: Dict[bool, Tuple[list, str]] = {}
+        self._vnm: Dict[bool, Tuple[List[str], str]] = {}
         # -d names the Ruby method (attach_disk), not the protocol word (ATTACHDISK)
         self.forward = False
 
@@ -92,7 +92,7 @@ class ActionContext:
         return data
 
     # -- resources ----------------------------------------------------------
-    def vnm_view(self, destination: bool) -> Tuple[list, str]:
+    def vnm_view(self, destination: bool) -> Tuple[List[str], str]:
         if destination not in self._vnm:
             self._vnm[destination] = self.message.vnm_view()
         return self._vnm[destination]

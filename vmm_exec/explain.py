@@ -102,7 +102,14 @@ def _describe(step: Step) -> str:
     return text + ")"
 
 
-def render_text(action: str, plan: object, config: DriverConfig) -> str:
+def _hooks(plan: Effective) -> Tuple[Tuple[Step, ...], Tuple[Step, ...], Tuple[Step, ...]]:
+    """(pre, post, fail) hooks of a plan; a bare one-call action has none."""
+    if isinstance(plan, DirectCall):
+        return (), (), ()
+    return plan.pre_hooks, plan.post_hooks, plan.fail_hooks
+
+
+def render_text(action: str, plan: Union[Immediate, Effective], config: DriverConfig) -> str:
     mode = "strict" if config.strict else "default"
     lines = [f"{action} on {config.hypervisor} ({mode} mode)"]
 
@@ -117,7 +124,7 @@ def render_text(action: str, plan: object, config: DriverConfig) -> str:
         lines.append(f"  answered at once: {plan.action} {plan.result} {plan.info}")
         return "\n".join(lines) + "\n"
     call = plan.call if isinstance(plan, HookedCall) else plan
-    pre_hooks = getattr(plan, "pre_hooks", ())
+    pre_hooks, post_hooks, fail_hooks = _hooks(plan)
     if pre_hooks:
         lines.append("  pre hooks:")
         steps(pre_hooks, 4)
@@ -126,17 +133,16 @@ def render_text(action: str, plan: object, config: DriverConfig) -> str:
                      f"(answered with its output)")
     else:
         lines.append("  steps:")
-        steps(call.steps, 4)  # type: ignore[attr-defined]
-    for title, name in (("post hooks (after success)", "post_hooks"),
-                        ("fail hooks (after failure and rollback)", "fail_hooks")):
-        hooks = getattr(plan, name, ())
+        steps(call.steps, 4)
+    for title, hooks in (("post hooks (after success)", post_hooks),
+                         ("fail hooks (after failure and rollback)", fail_hooks)):
         if hooks:
             lines.append(f"  {title}:")
             steps(hooks, 4)
     return "\n".join(lines) + "\n"
 
 
-def render_dot(action: str, plan: object, config: DriverConfig) -> str:
+def render_dot(action: str, plan: Union[Immediate, Effective], config: DriverConfig) -> str:
     out = [f'digraph "{action}" {{', "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
     counter = [0]
 
@@ -166,10 +172,11 @@ def render_dot(action: str, plan: object, config: DriverConfig) -> str:
 
     if not isinstance(plan, Immediate):
         call = plan.call if isinstance(plan, HookedCall) else plan
-        parts = [getattr(plan, "pre_hooks", ())]
+        pre_hooks, post_hooks, fail_hooks = _hooks(plan)
+        parts = [pre_hooks]
         if isinstance(call, Plan):
             parts.append(call.steps)
-        parts += [getattr(plan, "post_hooks", ()), getattr(plan, "fail_hooks", ())]
+        parts += [post_hooks, fail_hooks]
         last = None
         for items in parts:
             c = chain(items)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -32,10 +33,10 @@ from vmm_exec.config import Paths
 from vmm_exec.rubyhash import RubyHashError, parse
 from vmm_exec.steps import DRIVERS, DirectCall, HookedCall, Param, Plan, Step, Sym
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib as _toml
-except ImportError:  # pragma: no cover - Python < 3.11
-    import tomli as _toml  # type: ignore[no-redef]
+else:  # pragma: no cover - Python < 3.11
+    import tomli as _toml
 
 POINT = re.compile(r"^(pre|post|fail|(before|after|on-fail) (vmm|vnm|tm|ds|hook):(\S+))$")
 HOOK_DRIVERS = DRIVERS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Tuple, Union
+from typing import BinaryIO, List, Optional, Tuple, Union
 
 from vmm_exec import rubyisms
 
@@ -175,7 +175,7 @@ class Gate:
 _STDERR_LOG = re.compile(r"(ERROR|INFO|WARN|DEBUG):[ \t\r\n\f\v]+([0-9]+)?[ \t\r\n\f\v]*(.*)")
 
 
-def split_stderr(stderr: str) -> Tuple[list, str]:
+def split_stderr(stderr: str) -> Tuple[List[Tuple[str, str, str]], str]:
     """Split script stderr like the Ruby ``get_info_from_execution``.
 
     Returns ``(log_lines, err_info)``: ``log_lines`` are ``(severity, id, text)``
@@ -183,8 +183,8 @@ def split_stderr(stderr: str) -> Tuple[list, str]:
     it, ``-1`` when absent or unreadable), and ``err_info`` is every other
     line, stripped and concatenated without separator (sic).
     """
-    logs = []
-    err = []
+    logs: List[Tuple[str, str, str]] = []
+    err: List[str] = []
     for line in rubyisms.each_line(stderr):
         line = rubyisms.strip(line)
         m = _STDERR_LOG.fullmatch(line)

@@ -10,7 +10,7 @@ returns a :class:`Plan`; nothing here runs anything, so a plan can be printed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 DRIVERS = ("vmm", "vnm", "tm", "ds", "hook")
 
@@ -89,13 +89,14 @@ class Step:
         return f"{self.driver}:{self.action}"
 
 
-def step(driver: str, action: str, *parameters: Param, **options: object) -> Step:
+def step(driver: str, action: str, *parameters: Param, stdin: Optional[str] = None,
+         destination: bool = False, fail_actions: Sequence[Step] = (), no_fail: bool = False,
+         script_name: Optional[str] = None, no_extra_params: bool = False,
+         is_local: Optional[bool] = None, skip: Sequence[str] = ()) -> Step:
     """Shorthand so step lists read like the Ruby hashes: ``step("vnm", "post", HOST, ...)``."""
-    if "fail_actions" in options:
-        options["fail_actions"] = tuple(options["fail_actions"])  # type: ignore[arg-type]
-    if "skip" in options:
-        options["skip"] = tuple(options["skip"])  # type: ignore[arg-type]
-    return Step(driver, action, tuple(parameters), **options)  # type: ignore[arg-type]
+    return Step(driver, action, tuple(parameters), stdin=stdin, destination=destination,
+                fail_actions=tuple(fail_actions), no_fail=no_fail, script_name=script_name,
+                no_extra_params=no_extra_params, is_local=is_local, skip=tuple(skip))
 
 
 @dataclass(frozen=True)

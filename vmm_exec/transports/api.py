@@ -7,16 +7,11 @@ implementation.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol
 
 from vmm_exec.cancel import CancelScope
 from vmm_exec.transports.base import Execution, RemoteGroup
 from vmm_exec.transports.channel import Channel
-
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment]
 
 
 class Transport(Protocol):

@@ -12,14 +12,9 @@ import os
 import selectors
 import signal
 import subprocess
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from vmm_exec.cancel import CancelScope
-
-try:  # Protocol is in typing from 3.8
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment]
 
 CLOSE_GRACE = 2.0
 OUT = "out"
