@@ -63,7 +63,8 @@ def _migrate(plan: Plan) -> Plan:
     clean_target = _rb(_clean(destination=True))
     rules = {"vmm:migrate": clean_target}
     if failmigrate is not None:
-        rules["vnm:pre"] = clean_target + (failmigrate,)
+        # the stock storage rollback, added where Ruby has none: marked as ours
+        rules["vnm:pre"] = clean_target + _rb(failmigrate)
     # the target's network goes before the storage rollback: reverse of setup
     return _add(plan, rules, first=True)
 
