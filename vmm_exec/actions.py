@@ -371,6 +371,10 @@ def cleanup(req: BuildRequest) -> ActionPlan:
     mhost = required_text(req, "MIGR_HOST")
     deploy_id = required_text(req, "DEPLOY_ID")
     require_vm(req)
+    if tm_command is None:
+        # Ruby's tm_command.each_line on nil: its thread died unanswered; answering
+        # SUCCESS would tell oned the disks are gone
+        raise ActionError("Cannot perform CLEANUP: the request's TM_COMMAND is empty")
     steps: List[Step] = []
 
     # Cancel the VM at host (only if we have a valid deploy-id)
