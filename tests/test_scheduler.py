@@ -352,6 +352,24 @@ def test_finalize_waits_for_queued_and_running_jobs(make) -> None:  # noqa: ANN0
     assert "3" not in h.jobs
 
 
+def test_finalize_waits_for_a_cancel_still_killing(make) -> None:  # noqa: ANN001
+    """FINALIZE right after DRIVER_CANCEL: the action's thread is gone at once, but
+    the driver may not exit while the cancel is still killing its processes."""
+    h = make(2, True, {1: "h1"})
+    h.submit(1)
+    h.fake.wait_started(1)
+    killing = threading.Event()
+    release = threading.Event()
+    h.jobs["1"].scope.on_cancel(lambda: (killing.set(), release.wait(WAIT)), "slow kill")
+    h.scheduler.cancel(1)
+    h.scheduler.finalize()
+    assert killing.wait(WAIT)
+    h.fake.wait_stopped(1)
+    assert h.scheduler.wait_finished(0.3) is False
+    release.set()
+    assert h.scheduler.wait_finished(WAIT) is True
+
+
 def test_finalize_when_idle(make) -> None:  # noqa: ANN001
     h = make(2, True, {})
     h.scheduler.finalize()

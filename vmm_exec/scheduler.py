@@ -59,6 +59,9 @@ class Scheduler:
         self._running: Dict[int, List[Job]] = {}
         self._busy_hosts: Dict[str, int] = {}
         self._num_running = 0
+        # cancels still killing: FINALIZE waits for them too, or the driver could
+        # exit while a cancelled action's processes still live
+        self._cancelling = 0
         self.finalizing = False
 
     # -- requests -----------------------------------------------------------
@@ -94,9 +97,18 @@ class Scheduler:
                 return None
             job = running[-1]
             job.gate.shut()
-        threading.Thread(target=job.scope.cancel, daemon=True,
+            self._cancelling += 1
+        threading.Thread(target=self._cancel, args=(job,), daemon=True,
                          name=f"cancel-{action_id}").start()
         return job
+
+    def _cancel(self, job: Job) -> None:
+        try:
+            job.scope.cancel()
+        finally:
+            with self._lock:
+                self._cancelling -= 1
+                self._lock.notify_all()
 
     def finalize(self) -> None:
         with self._lock:
@@ -104,10 +116,11 @@ class Scheduler:
             self._lock.notify_all()
 
     def wait_finished(self, timeout: Optional[float] = None) -> bool:
-        """After FINALIZE: True once nothing is queued or running."""
+        """After FINALIZE: True once nothing is queued, running or still being killed."""
         with self._lock:
             return self._lock.wait_for(
-                lambda: self.finalizing and not self._queue and self._num_running == 0,
+                lambda: (self.finalizing and not self._queue and self._num_running == 0
+                         and self._cancelling == 0),
                 timeout)
 
     def stop_all(self, grace: float = 1.0, deadline: float = STOP_DEADLINE) -> None:
