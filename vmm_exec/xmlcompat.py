@@ -348,30 +348,36 @@ def _write(node: Node, out: List[str]) -> None:
         raise XmlError(f"cannot serialise {node!r}")
 
 
-def _write_element(element: Element, out: List[str]) -> None:
-    """``write_element``; text children are written inline (they are half the nodes)."""
+def _write_element(root: Element, out: List[str]) -> None:
+    """``write_element``, without recursion: nesting as deep as the parser accepts
+    (thousands of levels, like REXML) cannot exhaust the stack."""
     append = out.append
-    if element.attributes:
-        append("<" + element.name + "".join(
-            " " + key + "='" + value.replace("'", "&apos;") + "'"
-            for key, value in sorted(element.attributes, key=_attribute_key)
-        ))
-    else:
-        append("<" + element.name)
-    if not element.children:
-        append("/>")
-        return
-    append(">")
-    for child in element.children:
-        if isinstance(child, Element):
-            _write_element(child, out)
-        elif isinstance(child, CDataNode):
-            append("<![CDATA[" + child.raw + "]]>")
-        elif isinstance(child, TextNode):
-            append(child.raw)
+    # an element still to open, any other node to write, or an end tag (a str)
+    stack: List[Union[Node, str]] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            append(item)
+        elif isinstance(item, Element):
+            if item.attributes:
+                append("<" + item.name + "".join(
+                    " " + key + "='" + value.replace("'", "&apos;") + "'"
+                    for key, value in sorted(item.attributes, key=_attribute_key)
+                ))
+            else:
+                append("<" + item.name)
+            if not item.children:
+                append("/>")
+                continue
+            append(">")
+            stack.append("</" + item.name + ">")
+            stack.extend(reversed(item.children))
+        elif isinstance(item, CDataNode):
+            append("<![CDATA[" + item.raw + "]]>")
+        elif isinstance(item, TextNode):
+            append(item.raw)
         else:
-            _write(child, out)
-    append("</" + element.name + ">")
+            _write(item, out)
 
 
 # --------------------------------------------------------------------------
@@ -407,7 +413,9 @@ def _lxml_parser() -> etree.XMLParser:
             resolve_entities=False,
             no_network=True,
             load_dtd=False,
-            huge_tree=False,
+            # REXML has no size or depth limit: neither may we (10 MB text nodes,
+            # nesting past 256). Entities are never expanded, so this opens no bomb.
+            huge_tree=True,
         )
         _local.parser = parser
     return parser
