@@ -22,7 +22,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vmm_exec"
 LAYERS: Dict[str, Tuple[str, ...]] = {
     "base": ("vmm_exec", "vmm_exec.rubyisms", "vmm_exec.quoting", "vmm_exec.config",
              "vmm_exec.cancel", "vmm_exec.logs"),
-    "model": ("vmm_exec.protocol", "vmm_exec.xmlcompat", "vmm_exec.message", "vmm_exec.steps",
+    "model": ("vmm_exec.protocol", "vmm_exec.xmlcompat", "vmm_exec.message", "vmm_exec.masking",
+              "vmm_exec.steps",
               "vmm_exec.request"),
     "transports": ("vmm_exec.transports", "vmm_exec.transports.*"),
     "planning": ("vmm_exec.actions", "vmm_exec.rollback", "vmm_exec.rubyhash",

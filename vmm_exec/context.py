@@ -15,8 +15,10 @@ from vmm_exec import rubyisms
 from vmm_exec.cancel import CancelScope
 from vmm_exec.config import DriverConfig
 from vmm_exec.hooks import Hook
+from vmm_exec.masking import Masker, identity
 from vmm_exec.message import Message
 from vmm_exec.protocol import Gate, Writer
+from vmm_exec.quoting import host_problem
 from vmm_exec.request import StepError
 from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import RemoteGroup
@@ -51,7 +53,7 @@ class ActionContext:
     """State of one running action: ``@data``, streams, network views, output gate."""
 
     def __init__(self, services: Services, action: str, msg_id: str, message: Message,
-                 scope: CancelScope, gate: Gate) -> None:
+                 scope: CancelScope, gate: Gate, payload: str = "") -> None:
         self.config = services.config
         self.transport = services.transport
         self.writer = services.writer
@@ -60,6 +62,9 @@ class ActionContext:
         self.message = message
         self.scope = scope
         self.gate = gate
+        # default mode: no secret of the request in anything written for it
+        self.mask: Callable[[str], str] = (
+            identity if self.config.strict else Masker.for_message(message, payload))
         self.data: Dict[str, Optional[str]] = {}
         for name, path in DATA_FIELDS.items():
             if message.element(path) is not None:
@@ -83,7 +88,7 @@ class ActionContext:
         return "" if value is None else value
 
     def log(self, message: str, all_lines: bool = True) -> None:
-        self.writer.log(self.msg_id, message, all_lines, self.gate)
+        self.writer.log(self.msg_id, self.mask(message), all_lines, self.gate)
 
     def hook_data(self) -> Dict[str, Optional[str]]:
         data = dict(self.data)
@@ -103,6 +108,9 @@ class ActionContext:
             raise StepError("this step runs on the migration target but MIGR_HOST is empty")
         if destination not in self._streams:
             host = self.value("dest_host" if destination else "host")
+            problem = host_problem(host) if host else None
+            if problem is not None:
+                raise StepError(problem)
 
             def opener(h: str, shell: str, forward: bool) -> Channel:
                 return self.transport.open_stream(self.scope, h, shell, forward)

@@ -45,6 +45,12 @@ EXIT_TERM = 143
 ACTION_ARITY = 2
 
 
+def excerpt(line: str, keep: int = 80) -> str:
+    """A request line for the debug log: its start only (payloads carry secrets)."""
+    text = repr(line[:keep])
+    return text if len(line) <= keep else f"{text}... ({len(line)} characters)"
+
+
 def host_of(request: Request) -> Optional[str]:
     """The HOST of a request, for single-host scheduling (nothing decoded is kept)."""
     return messages.decode(request.payload).text("HOST")
@@ -74,10 +80,10 @@ class Driver:
         if isinstance(command, Empty):
             return
         if isinstance(command, Malformed):
-            LOG.warning("Malformed message: %r", command.line)
+            LOG.warning("Malformed message: %s", excerpt(command.line))
         elif isinstance(command, Init):
             if command.args:
-                LOG.warning("INIT takes no arguments, ignored: %r", line.strip())
+                LOG.warning("INIT takes no arguments, ignored: %s", excerpt(line.strip()))
             elif not self.scheduler.finalizing:
                 self.writer.send("INIT", RESULT_SUCCESS)
         elif isinstance(command, Finalize):
@@ -117,7 +123,7 @@ class Driver:
                 try:
                     self.handle(raw.decode("utf-8", "surrogateescape"))
                 except Exception:  # noqa: BLE001 - one bad line never stops the driver
-                    LOG.exception("Error handling %r", raw[:200])
+                    LOG.exception("Error handling %s", excerpt(raw.decode("utf-8", "replace")))
         except (OSError, ValueError):
             pass
         if not self._done.is_set():

@@ -168,7 +168,7 @@ def perform(services: Services, request: Request, scope: CancelScope, gate: Gate
             answer(writer, gate, planned.action, msg_id, planned.result == RESULT_SUCCESS,
                    planned.info)
             return
-        ctx = ActionContext(services, action, msg_id, message, scope, gate)
+        ctx = ActionContext(services, action, msg_id, message, scope, gate, request.payload)
         if isinstance(planned, Plan):
             ctx.forward = planned.main_action.upper() in config.delegate_actions
         if isinstance(planned, HookedCall):
@@ -178,7 +178,7 @@ def perform(services: Services, request: Request, scope: CancelScope, gate: Gate
         else:
             ok, info = execute_plan(ctx, planned)
         scope.check()
-        answer(writer, gate, action, msg_id, ok, info)
+        answer(writer, gate, action, msg_id, ok, ctx.mask(info))
     except Cancelled:
         return
     except (ActionError, MessageError, StepError) as exc:

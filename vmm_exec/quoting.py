@@ -10,6 +10,7 @@ quoted word otherwise; the scripts' argv is unchanged for ordinary values.
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 from vmm_exec.rubyisms import shell_escape
 
@@ -50,3 +51,19 @@ def heredoc_delimiter(body: str) -> str:
     while f"EOT_{n}" in lines:
         n += 1
     return f"EOT_{n}"
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_\[:][A-Za-z0-9_.:%\[\]-]{0,254}")
+
+
+def host_problem(host: str) -> Optional[str]:
+    """Why ``host`` cannot be handed to ssh as a host name (None: it can).
+
+    A host name reaches the ``ssh`` argv unquoted (as it did in Ruby), where a
+    value starting with ``-`` is an option (``-oProxyCommand=...`` runs a
+    command on the front-end). Names, FQDNs and IPv4/IPv6 addresses pass.
+    """
+    if _HOST_NAME.fullmatch(host):
+        return None
+    shown = host if len(host) <= 64 else host[:64] + "..."
+    return f"invalid host name {shown!r}: expected a host name or an IP address"

@@ -15,7 +15,7 @@ from vmm_exec import rubyisms
 from vmm_exec.context import ActionContext
 from vmm_exec.hooks import hook_environment
 from vmm_exec.protocol import split_stderr
-from vmm_exec.quoting import bare, single_quoted
+from vmm_exec.quoting import bare, host_problem, single_quoted
 from vmm_exec.request import StepError
 from vmm_exec.steps import DirectCall, Param, Step, Sym
 from vmm_exec.transports.base import Execution
@@ -30,7 +30,7 @@ def info_from_execution(ctx: ActionContext, result: Execution) -> Outcome:
     lines (under the id they name); on failure the other stderr lines are the info."""
     logs, err_info = split_stderr(result.stderr)
     for severity, msg_id, text in logs:
-        ctx.writer.log_line(severity, msg_id, text, ctx.gate)
+        ctx.writer.log_line(severity, msg_id, ctx.mask(text), ctx.gate)
     info = result.stdout if result.code == 0 else err_info
     return result.code == 0, info if info else "-"
 
@@ -160,6 +160,9 @@ def run_direct(ctx: ActionContext, call: DirectCall) -> Outcome:
     if not call.no_extra_params:
         params = f"{params} {bare(ctx.msg_id)} {bare(host)}"
     local = ctx.config.action_is_local(call.action)
+    problem = host_problem(host) if host and not local else None
+    if problem is not None:
+        raise StepError(problem)
     command = action_command_line(ctx, call.action, params, call.script_name,
                                   ctx.config.vmm_directory, local)
     if local:
