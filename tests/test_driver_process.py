@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -469,3 +470,45 @@ def test_sigterm_exit_status_is_a_clean_term(world: SimpleNamespace) -> None:
     assert driver.pid is not None
     os.kill(driver.pid, signal.SIGTERM)
     assert driver.wait_exit(ANSWER_TIMEOUT) in (143, -signal.SIGTERM)
+
+
+# oned blocks every signal before creating its threads and its drivers inherit the mask
+BLOCKED_START = [sys.executable, "-c",
+                 "import os, signal, sys; "
+                 "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals)); "
+                 "os.execv(sys.executable, [sys.executable, '-m', 'vmm_exec'] + sys.argv[1:])"]
+
+
+def blocked_signals(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk for {pid}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
+def test_stop_signals_stop_everything_like_stdin_eof(world: SimpleNamespace,
+                                                     signum: int) -> None:
+    """SIGINT, SIGHUP and SIGTERM end the driver cleanly (128 + signal), scripts
+    included, even when it was started with every signal blocked (as under oned):
+    the driver clears the mask, so its scripts get a clean one too."""
+    journal = world.journal
+    driver = world.start(["-t", "15", "-l", "poll", "kvm"],
+                         command=BLOCKED_START)
+    assert driver.pid is not None
+    send_poll(driver, 1, "h1")
+    journal.wait_started([1])
+    wait_until(lambda: journal.pid(1) is not None, 5, what="script pid")
+    pid = journal.pid(1)
+    assert pid is not None
+    assert blocked_signals(driver.pid) == 0, "the driver kept oned's blocked signals"
+    assert blocked_signals(pid) == 0, "the script inherited blocked signals"
+    pgid = process_group(pid)
+    os.kill(driver.pid, signum)
+    code = driver.wait_exit(ANSWER_TIMEOUT)
+    assert code == 128 + signum
+    wait_until(lambda: script_gone(pid, pgid), 5, what=f"death of script {pid}")
+    assert driver.answers() == []
+    assert "Fatal Python error" not in driver.transcript(50)
+    assert_protocol_only(driver)

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
@@ -296,7 +297,19 @@ def debug_log_path(paths: Paths, args: Optional[Arguments],
     return os.path.join(paths.log_dir, f"one_vmm_exec_{os.path.basename(hypervisor)}.log")
 
 
+def clear_signal_mask() -> None:
+    """Unblock every signal, as the Ruby driver does at start.
+
+    oned blocks all signals before it creates its threads, and a child
+    inherits the mask: left as is, SIGTERM from oned's stop could never reach
+    the driver, and every script it starts would inherit the same mask. This
+    must run before any thread or child exists (both inherit the mask).
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    clear_signal_mask()
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] == "explain":
         from vmm_exec.explain import main as explain_main

@@ -39,7 +39,6 @@ from vmm_exec.transports import make_transport
 LOG = logging.getLogger(__name__)
 
 EXIT_EOF = 255
-EXIT_TERM = 143
 
 # A VMM action is called with (id, drv_message): ActionManager drops any other arity.
 ACTION_ARITY = 2
@@ -136,7 +135,7 @@ class Driver:
             self.exit_code = code
             self._done.set()
 
-    def terminate(self, code: int = EXIT_TERM) -> None:
+    def terminate(self, code: int = 128 + signal.SIGTERM) -> None:
         if not self._done.is_set():
             self.scheduler.stop_all()
             self._finish(code)
@@ -148,13 +147,20 @@ class Driver:
         return self.exit_code
 
 
+# SIGTERM (oned stopping), SIGINT (an operator's Ctrl-C), SIGHUP (a closed terminal):
+# each stops everything like stdin EOF, and the driver exits 128 + the signal
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def run_driver(config: DriverConfig) -> int:
     driver = Driver(config, sys.stdin.buffer, sys.stdout.buffer)
 
-    def on_term(signum: int, frame: object) -> None:
-        threading.Thread(target=driver.terminate, daemon=True, name="sigterm").start()
+    def on_signal(signum: int, frame: object) -> None:
+        threading.Thread(target=driver.terminate, args=(128 + signum,), daemon=True,
+                         name=f"signal-{signum}").start()
 
-    signal.signal(signal.SIGTERM, on_term)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     code = driver.run()
     driver.transport.close()
