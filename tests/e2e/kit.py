@@ -440,23 +440,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def transport_unavailable(transport: str) -> Optional[str]:
-    """Why ``transport`` cannot be tested here, or None."""
-    return paramiko_unavailable() if transport == "paramiko" else None
-
-
-def paramiko_unavailable() -> Optional[str]:
-    """Why the paramiko transport cannot be tested here, or None."""
-    path = PROJECT_ROOT / "vmm_exec" / "transports" / "paramiko_transport.py"
-    if not path.is_file():
-        return "vmm_exec/transports/paramiko_transport.py does not exist"
-    try:
-        import vmm_exec.transports.paramiko_transport  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means: skip
-        return f"the paramiko transport does not import: {type(exc).__name__}: {exc}"
-    return None
-
-
 # --------------------------------------------------------------------------------------
 # payloads
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from .kit import (
     context,
     finalize_clean,
     starts,
-    transport_unavailable,
     tree_hashes,
 )
 
@@ -72,9 +71,6 @@ def log_index(texts: List[str], wanted: str) -> int:
 
 @pytest.mark.parametrize("transport", ["openssh", "paramiko"])
 def test_storage_cache_addon_follows_migrations(world: World, transport: str) -> None:
-    why_not = transport_unavailable(transport)
-    if why_not:
-        pytest.skip(why_not)
     stock = tree_hashes(world.remotes)
     output = world.install_addon("storage-cache")
     assert "storage-cache add-on installed" in output

@@ -21,7 +21,6 @@ from .kit import (
     act,
     context,
     finalize_clean,
-    paramiko_unavailable,
     starts,
     tree_hashes,
 )
@@ -37,10 +36,6 @@ SHUTDOWN_CALLS = [("host02", "vmm/kvm/shutdown"), ("host02", "vnm/bridge/clean")
 
 @pytest.fixture(params=["openssh", "paramiko"])
 def transport(request: pytest.FixtureRequest) -> str:
-    if request.param == "paramiko":
-        why = paramiko_unavailable()
-        if why:
-            pytest.skip(why)
     return str(request.param)
 
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from .kit import World, context, finalize_clean, intervals, transport_unavailable
+from .kit import World, context, finalize_clean, intervals
 
 HOSTS = ("host01", "host02", "host03", "host04")
 VMS = range(100, 150)
@@ -51,9 +51,6 @@ def max_concurrency(periods: List[Tuple[float, float]]) -> int:
 @pytest.mark.parametrize("action, transport", [("DEPLOY", "openssh"), ("REBOOT", "openssh"),
                                                ("REBOOT", "paramiko")])
 def test_fifty_vms_on_four_hosts(world: World, action: str, transport: str) -> None:
-    why_not = transport_unavailable(transport)
-    if why_not:
-        pytest.skip(why_not)
     script, calls_per_vm = ACTIONS[action]
     world.set_faults(f"* {script} sleep=0.1")
     payloads = {vmid: (world.deploy_xml(vmid, host_of(vmid)) if action == "DEPLOY"
