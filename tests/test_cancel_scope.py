@@ -15,7 +15,7 @@ from typing import List
 import pytest
 from helpers import can_choose_pids, spawn_with_pid
 
-from vmm_exec.cancel import Cancelled, CancelScope
+from vmm_exec.cancel import Cancelled, CancelScope, detach, join_detached
 
 
 def test_removed_registration_is_not_called() -> None:
@@ -154,3 +154,14 @@ def test_cancel_twice_and_from_many_threads_runs_callbacks_once() -> None:
         t.join(5)
     scope.cancel()
     assert calls == [1] and scope.cancelled
+
+
+def test_detached_work_runs_without_holding_the_caller_and_can_be_joined() -> None:
+    release = threading.Event()
+    done: List[str] = []
+    begin = time.monotonic()
+    detach(lambda: (release.wait(5), done.append("killed")), "slow host")
+    assert time.monotonic() - begin < 0.5
+    assert join_detached(0.2) == 1
+    release.set()
+    assert join_detached(5) == 0 and done == ["killed"]

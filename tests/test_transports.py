@@ -1249,7 +1249,9 @@ def test_stream_timeout_calls_remote_killer_once(make_rig: MakeRig, tmp_path: Pa
     child = read_int(pidfile)
     leftovers.add(child, b"54.5")
     assert result.timed_out
-    assert killer.calls == [read_int(tmp_path / "pgid")]
+    # the remote kill runs detached: the timed-out command is answered at once
+    expected = [read_int(tmp_path / "pgid")]
+    assert wait_until(lambda: killer.calls == expected, 3), killer.calls
     assert wait_until(lambda: not pid_alive(child), 3)
     rig.scope.cancel()
     assert len(killer.calls) == 1
@@ -1279,8 +1281,9 @@ def test_stream_reconnect_identifies_the_new_shell(make_rig: MakeRig, tmp_path: 
     second = shell_pid(rig)
     assert second != first
     rig.scope.cancel()
-    # the local opener execs the shell in a new session: pgid == pid
-    assert killer.calls == [first, second]
+    # the local opener execs the shell in a new session: pgid == pid (the first
+    # shell's kill ran detached when its command timed out)
+    assert wait_until(lambda: sorted(killer.calls) == sorted([first, second]), 3), killer.calls
 
 
 def test_stream_unreachable_host_with_killer_like_ruby(make_rig: MakeRig) -> None:
@@ -1648,3 +1651,12 @@ def test_remotes_cancel_during_retry_sleep(fake_host: FakeHost) -> None:
     assert isinstance(box.get("error"), Cancelled)
     # no retry ran after the cancellation
     assert sum(1 for c in fake_host.calls() if c[0] == "ssh" and "if [ -x" in c[-1]) == 1
+
+
+def test_check_timeout_bounds_the_check_only(make_rig: MakeRig) -> None:
+    """The ``-x`` check's bound (``-w`` in strict mode too) must not become the
+    stream's timeout: a network script with no timeout of its own runs to the end."""
+    rig = make_rig()
+    result = rig.run("sleep 1; echo done", None, "/bin/sleep", None, check_timeout=0.3)
+    assert (result.code, result.stdout, result.timed_out) == (0, "done\n", False)
+    assert rig.stream.timeout is None

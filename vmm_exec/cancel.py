@@ -33,7 +33,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 LOG = logging.getLogger(__name__)
 
@@ -225,6 +225,45 @@ class CancelScope:
         if late:
             LOG.warning("scope %s: cancel callbacks still running after %.0f s: %s",
                         self.name, self.deadline, ", ".join(late))
+
+
+# -- work detached from the action that started it ---------------------------------
+_detached: Set[threading.Thread] = set()
+_detached_lock = threading.Lock()
+
+
+def detach(work: Callable[[], None], name: str) -> None:
+    """Run ``work`` (a bounded remote kill) without making the action wait for it.
+
+    A timed-out command is answered at once; killing its remote side over a new
+    connection may take as long as that host takes to answer. The driver waits
+    for detached work (:func:`join_detached`) before it exits.
+    """
+    def run() -> None:
+        try:
+            _run_callback(work, name)
+        finally:
+            with _detached_lock:
+                _detached.discard(thread)
+
+    thread = threading.Thread(target=run, daemon=True, name=f"detached-{name}")
+    with _detached_lock:
+        _detached.add(thread)
+    thread.start()
+
+
+def join_detached(timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for detached work; the number still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _detached_lock:
+            pending = list(_detached)
+        if not pending:
+            return 0
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return len(pending)
+        pending[0].join(left)
 
 
 def _run_callback(callback: Callable[[], None], name: str) -> None:

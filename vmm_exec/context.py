@@ -26,6 +26,11 @@ from vmm_exec.transports.channel import Channel
 from vmm_exec.transports.remote import update_remotes
 from vmm_exec.transports.stream import SshStream, StreamCommand
 
+# driver-level bounds where no -w is given (default mode): a healthy host gets a
+# stream ready in well under a second and copies the remotes tree in seconds
+CONNECTION_BOUND = 60.0
+UPDATE_BOUND = 300.0
+
 # Message fields copied into the step data (``get_data`` in Ruby).
 DATA_FIELDS = {
     "host": "HOST",
@@ -82,6 +87,25 @@ class ActionContext:
         """The -w timeout where Ruby applies none (network, tm, ds); default mode bounds all."""
         return None if self.config.strict else self.config.timeout
 
+    @property
+    def connection_timeout(self) -> Optional[float]:
+        """What bounds getting a stream ready: connecting, identifying, the ``-x`` check.
+
+        ``-w`` in both modes (Ruby could wait there forever, the action never
+        answered); without ``-w``, default mode still bounds it (a frozen host
+        must not hold an action), strict mode does not.
+        """
+        if self.config.timeout is not None:
+            return self.config.timeout
+        return None if self.config.strict else CONNECTION_BOUND
+
+    @property
+    def update_timeout(self) -> Optional[float]:
+        """What bounds each command of a remotes update (``mkdir``, the copy)."""
+        if self.config.timeout is not None:
+            return self.config.timeout
+        return None if self.config.strict else UPDATE_BOUND
+
     def value(self, name: str) -> str:
         """A symbol's value, ``nil.to_s`` (empty) when unknown."""
         value = self.data.get(name)
@@ -122,12 +146,12 @@ class ActionContext:
 
             stream = SshStream(host, self.config.shell, opener, self.scope,
                                forward=self.forward, remote_killer=killer,
-                               identify_timeout=self.default_timeout)
+                               identify_timeout=self.connection_timeout)
 
             def refresh(h: str = host) -> None:
                 update_remotes(self.transport, self.scope, h, self.config.scripts_remote_dir,
                                self.config.paths.remotes_for_update, self.log,
-                               self.default_timeout)
+                               self.update_timeout)
 
             self._streams[destination] = StreamCommand(
                 stream, self.config.scripts_remote_dir, self.log, refresh,

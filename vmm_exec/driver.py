@@ -17,6 +17,7 @@ from typing import BinaryIO, List, Optional
 
 from vmm_exec import message as messages
 from vmm_exec.actions import ACTIONS
+from vmm_exec.cancel import join_detached
 from vmm_exec.config import DriverConfig
 from vmm_exec.context import Services
 from vmm_exec.engine import perform
@@ -39,6 +40,8 @@ from vmm_exec.transports import make_transport
 LOG = logging.getLogger(__name__)
 
 EXIT_EOF = 255
+# at exit, how long to wait for remote kills still running in the background
+DETACHED_DEADLINE = 5.0
 
 # A VMM action is called with (id, drv_message): ActionManager drops any other arity.
 ACTION_ARITY = 2
@@ -163,6 +166,10 @@ def run_driver(config: DriverConfig) -> int:
         signal.signal(signum, on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     code = driver.run()
+    # remote kills of timed-out commands still on their way (each bounded)
+    still = join_detached(DETACHED_DEADLINE)
+    if still:
+        LOG.warning("%d remote kill(s) still running at exit", still)
     driver.transport.close()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -72,7 +72,7 @@ def run_vmm(ctx: ActionContext, step: Step) -> Outcome:
     else:
         stream = ctx.stream(destination=step.destination)
         result = stream.run(command, stdin, command, ctx.config.timeout,
-                            check_timeout=ctx.default_timeout)
+                            check_timeout=ctx.connection_timeout)
     return info_from_execution(ctx, result)
 
 
@@ -96,7 +96,7 @@ def run_vnm(ctx: ActionContext, step: Step) -> Outcome:
         else:
             stdin = step.stdin if step.stdin is not None else encoded
             result = ctx.stream(destination=step.destination).run(
-                command, stdin, command, ctx.default_timeout, check_timeout=ctx.default_timeout)
+                command, stdin, command, ctx.default_timeout, check_timeout=ctx.connection_timeout)
         ok, info = info_from_execution(ctx, result)
         infos += f" {driver}: {info}"
         if not ok:
@@ -174,7 +174,7 @@ def run_direct(ctx: ActionContext, call: DirectCall) -> Outcome:
                                      ctx.config.scripts_remote_dir,
                                      ctx.config.paths.remotes_for_update, ctx.log, call.stdin,
                                      ctx.config.retries, ctx.config.timeout,
-                                     update_timeout=ctx.default_timeout)
+                                     update_timeout=ctx.update_timeout)
     return info_from_execution(ctx, result)
 
 
@@ -211,5 +211,5 @@ def run_hook(ctx: ActionContext, step: Step) -> Outcome:
     assignments = " ".join(f"{k}={single_quoted(v)}" for k, v in env.items())
     command = f"{assignments} {bare(path)} {params}".rstrip()
     result = ctx.stream(destination=step.destination).run(
-        command, stdin, bare(path), ctx.config.timeout, check_timeout=ctx.default_timeout)
+        command, stdin, bare(path), ctx.config.timeout, check_timeout=ctx.connection_timeout)
     return info_from_execution(ctx, result)

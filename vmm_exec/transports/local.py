@@ -8,7 +8,7 @@ import subprocess
 import threading
 from typing import IO, Callable, Dict, List, Optional, Sequence, Union
 
-from vmm_exec.cancel import CancelScope
+from vmm_exec.cancel import CancelScope, detach
 from vmm_exec.transports.base import Execution, Logger, decode, encode
 
 TERM_GRACE = 5.0
@@ -100,7 +100,8 @@ def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional
             scope.signal_group(proc, signal.SIGTERM)
             if registration is not None:
                 registration.remove()
-                abort(readers[1].text())
+                seen = readers[1].text()
+                detach(lambda: abort(seen), "remote side of a timed-out command")
             rc = scope.stop(proc, TERM_GRACE)
     finally:
         if registration is not None:

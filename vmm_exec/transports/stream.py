@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Callable, Optional, Set
 
-from vmm_exec.cancel import Cancelled, CancelScope, Registration
+from vmm_exec.cancel import Cancelled, CancelScope, Registration, detach
 from vmm_exec.quoting import heredoc_delimiter
 from vmm_exec.transports.base import (
     IDENTIFY_GROUP,
@@ -104,7 +104,7 @@ class SshStream:
         is closed, killed or lost.
         """
         self.exec(IDENTIFY_GROUP)
-        code = self.wait_for_command(timeout)
+        code = self.wait_for_command(once=timeout)
         group = parse_group(decode(self.out)) if code == 0 else None
         if self.alive:
             # a dead stream keeps its error text for the command that follows
@@ -124,10 +124,12 @@ class SshStream:
             registration.remove()
 
     def _kill_remote(self) -> None:
+        """Kill the remote shell's group in the background: a host that stopped
+        answering must not hold the action beyond its timeout."""
         group, killer = self.remote_group, self._remote_killer
         self._forget_remote()
         if group is not None and killer is not None:
-            killer(group)
+            detach(functools.partial(killer, group), f"kill stream on {self.host}")
 
     def reset(self) -> None:
         """Forget a dead connection so that the next command opens a new one."""
@@ -186,10 +188,17 @@ class SshStream:
                   f'echo "EOF_OUT_{self._nonce}"\n')
         self._send(encode(framed) + encode(body))
 
-    def wait_for_command(self, timeout: Optional[float] = None) -> int:
-        """Collect output until both end markers (or the connection's end, or timeout)."""
+    def wait_for_command(self, timeout: Optional[float] = None,
+                         once: Optional[float] = None) -> int:
+        """Collect output until both end markers (or the connection's end, or timeout).
+
+        ``timeout`` sticks to the stream (Ruby's ``@timeout``): later waits without
+        one inherit it. ``once`` bounds this wait only (the ``-x`` check and the
+        identification, which must not change how long scripts may run).
+        """
         if timeout is not None:
             self.timeout = timeout
+        limit = once if once is not None else self.timeout
         channel = self._channel
         code = -1
         done_out = done_err = False
@@ -218,7 +227,7 @@ class SshStream:
                 # in a ControlMaster it forked, so its exit status decides)
                 code = self._connection_lost(channel)
                 break
-            if self.timeout is not None and time.monotonic() - start > self.timeout:
+            if limit is not None and time.monotonic() - start > limit:
                 self.err += b"\nTimeout Error"
                 self._join_writer(0.1)
                 self.kill()
@@ -279,7 +288,8 @@ class StreamCommand:
 
         ``timeout`` sticks to the stream once given, as in Ruby, where a later
         network step on the same stream inherits the ``-w`` of an earlier vmm
-        step; ``check_timeout`` overrides the timeout of the ``-x`` check.
+        step; ``check_timeout`` bounds the connection, the identification and the
+        ``-x`` check only (None: they inherit the stream's timeout, as in Ruby).
         """
         if timeout is not None:
             self.timeout = timeout
@@ -293,7 +303,7 @@ class StreamCommand:
             check = (f'if [ ! -x "{target}" ];                           then exit {MAGIC_RC} '
                      f'1>&2;                         fi')
             self.stream.exec(check)
-            if self.stream.wait_for_command(check_timeout) == MAGIC_RC:
+            if self.stream.wait_for_command(once=check_timeout) == MAGIC_RC:
                 self._update_remotes()
         body = None
         shown = command
