@@ -311,7 +311,7 @@ def test_paramiko_with_the_host_facts(bed: Testbed) -> None:
 def test_client_home_for_paramiko_transport(bed: Testbed, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     pytest.importorskip("paramiko")
-    from vmm_exec.transports.paramiko_transport import host_settings
+    from vmm_exec.transports.paramiko import host_settings
 
     monkeypatch.setenv("HOME", bed.client_home)
     settings = host_settings("host02")

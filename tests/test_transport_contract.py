@@ -170,7 +170,7 @@ def transport(request: pytest.FixtureRequest, bed: Bed,
         monkeypatch.setenv("PATH", f"{bed.bin}{os.pathsep}{os.environ.get('PATH', '')}")
         made: Transport = OpenSSHTransport()
     else:
-        from vmm_exec.transports.paramiko_transport import ParamikoTransport
+        from vmm_exec.transports.paramiko import ParamikoTransport
 
         monkeypatch.setenv("HOME", str(bed.client_home))
         monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
@@ -181,7 +181,7 @@ def transport(request: pytest.FixtureRequest, bed: Bed,
 
 @pytest.fixture
 def paramiko_transport(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
-    from vmm_exec.transports.paramiko_transport import ParamikoTransport
+    from vmm_exec.transports.paramiko import ParamikoTransport
 
     monkeypatch.setenv("HOME", str(bed.client_home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
@@ -617,7 +617,7 @@ def test_paramiko_channel_terminate_kills_the_session(paramiko_transport: Transp
                                                       signalled: bool) -> None:
     """Both mechanisms: the SSH signal where sshd honours it, else the marked processes
     (a background child, a TERM-ignoring one and one in a session of its own too)."""
-    from vmm_exec.transports.paramiko_transport import ParamikoChannel
+    from vmm_exec.transports.paramiko import ParamikoChannel
 
     mark = marker()
     channel = paramiko_transport.open_stream(CancelScope(), host, "bash", False)
@@ -648,7 +648,7 @@ def test_paramiko_run_timeout_by_ssh_signal(paramiko_transport: Transport, bed: 
 
 
 def test_paramiko_pools_one_connection_per_host(paramiko_transport: Transport) -> None:
-    from vmm_exec.transports.paramiko_transport import ParamikoTransport
+    from vmm_exec.transports.paramiko import ParamikoTransport
 
     assert isinstance(paramiko_transport, ParamikoTransport)
     # SSH_CLIENT names the client's end of the connection: the same TCP connection
@@ -657,12 +657,13 @@ def test_paramiko_pools_one_connection_per_host(paramiko_transport: Transport) -
     assert first == second and len(first.split()) == 3
     other = paramiko_transport.run(CancelScope(), "host02", "echo $SSH_CLIENT", None, 10).stdout
     assert other != first
-    assert [len(paramiko_transport._pool[h]) for h in ("host01", "host02")] == [1, 1]
+    assert [len(paramiko_transport.pool.connections(h)) for h in ("host01", "host02")] == [1, 1]
 
 
 def test_paramiko_many_threads_share_the_pool(paramiko_transport: Transport) -> None:
     """More concurrent commands than sshd's MaxSessions (10): more connections, no failure."""
-    from vmm_exec.transports.paramiko_transport import MAX_CHANNELS, ParamikoTransport
+    from vmm_exec.transports.paramiko import ParamikoTransport
+    from vmm_exec.transports.paramiko.pool import MAX_CHANNELS
 
     assert isinstance(paramiko_transport, ParamikoTransport)
     results: Dict[int, Execution] = {}
@@ -682,8 +683,8 @@ def test_paramiko_many_threads_share_the_pool(paramiko_transport: Transport) -> 
     assert {i: (r.code, r.stdout) for i, r in results.items()} == {
         i: (0, f"{i}\n") for i in range(count)}
     # the extra connections went once idle
-    assert len(paramiko_transport._pool["host01"]) == 1
-    assert paramiko_transport._pool["host01"][0].channels == 0
+    connections = paramiko_transport.pool.connections("host01")
+    assert [(c.reserved, c.open) for c in connections] == [(0, 0)]
     assert MAX_CHANNELS < 10
 
 
@@ -730,7 +731,8 @@ def test_paramiko_strict_mode_sends_the_command_text_unchanged(bed: Bed,
                                                                monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
     """kill_remote=False: no mark (the Ruby driver's text), the SSH signal still works."""
-    from vmm_exec.transports.paramiko_transport import MARK_VARIABLE, ParamikoTransport
+    from vmm_exec.transports.paramiko import ParamikoTransport
+    from vmm_exec.transports.paramiko.kill import MARK_VARIABLE
 
     monkeypatch.setenv("HOME", str(bed.client_home))
     strict = ParamikoTransport(kill_remote=False)

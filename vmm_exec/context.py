@@ -137,7 +137,8 @@ class ActionContext:
                 raise StepError(problem)
 
             def opener(h: str, shell: str, forward: bool) -> Channel:
-                return self.transport.open_stream(self.scope, h, shell, forward)
+                return self.transport.open_stream(self.scope, h, shell, forward,
+                                                  timeout=self.connection_timeout)
 
             killer: Optional[Callable[[RemoteGroup], None]] = None
             if not self.config.strict:

@@ -1,8 +1,8 @@
 """How commands reach a host: local processes, one-shot ssh, persistent streams.
 
 Every transport returns an :class:`~vmm_exec.transports.base.Execution`
-(exit code, stdout, stderr, the command text for logs) and registers its
-processes with the action's :class:`~vmm_exec.transports.base.Tracker`, so a
+(exit code, stdout, stderr, the command text for logs) and puts what it starts
+in the action's :class:`~vmm_exec.cancel.CancelScope` while it runs, so a
 cancelled or timed-out action can be stopped wherever it runs.
 """
 
@@ -16,7 +16,7 @@ def make_transport(name: str, strict: bool = False) -> Transport:
     announcement or marker).
     """
     if name == "paramiko":
-        from vmm_exec.transports.paramiko_transport import ParamikoTransport
+        from vmm_exec.transports.paramiko import ParamikoTransport
 
         return ParamikoTransport(kill_remote=not strict)
     from vmm_exec.transports.openssh import OpenSSHTransport

@@ -26,10 +26,13 @@ class Transport(Protocol):
     name: str
 
     def open_stream(self, scope: CancelScope, host: str, shell: str,
-                    forward: bool) -> Channel:
+                    forward: bool, timeout: Optional[float] = None) -> Channel:
         """A connection running ``SHELL -s`` on ``host``.
 
-        May raise ``OSError`` when the client cannot even be started.
+        ``timeout`` bounds connecting and starting the shell, where the transport
+        waits for them (a channel that could not be had within it reports the
+        failure like any other). May raise ``OSError`` when the client cannot even
+        be started.
         """
 
     def run(self, scope: CancelScope, host: str, command: str, stdin: Optional[str],

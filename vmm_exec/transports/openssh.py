@@ -31,7 +31,12 @@ KILL_TIMEOUT = 15.0
 
 def ssh_argv(host: str, command: Optional[str] = None, *, no_stdin: bool = False,
              forward: bool = False) -> List[str]:
-    """The OpenSSH client call: ``ssh [-n] [forwarding options] HOST [COMMAND]``."""
+    """The OpenSSH client call: ``ssh [-n] [forwarding options] HOST [COMMAND]``.
+
+    Refuses a host that ssh would read as an option (callers check first).
+    """
+    if host.startswith("-"):
+        raise ValueError(f"invalid host name {host!r}")
     argv = ["ssh"]
     if no_stdin:
         argv.append("-n")
@@ -64,7 +69,8 @@ class OpenSSHTransport:
         self.kill_remote_commands = kill_remote
 
     def open_stream(self, scope: CancelScope, host: str, shell: str,
-                    forward: bool) -> ProcessChannel:
+                    forward: bool, timeout: Optional[float] = None) -> ProcessChannel:
+        # ``timeout`` is not needed: the ssh process is bounded by the stream itself
         return ProcessChannel(scope, ssh_argv(host, f"{shell} -s", forward=forward))
 
     def run(self, scope: CancelScope, host: str, command: str, stdin: Optional[str],
@@ -92,6 +98,8 @@ class OpenSSHTransport:
     def copy_remotes(self, scope: CancelScope, host: str, local_dir: str, remote_dir: str,
                      timeout: Optional[float]) -> Execution:
         # through /bin/sh, like Ruby, so that the glob expands in the same order
+        if host.startswith("-"):
+            raise ValueError(f"invalid host name {host!r}")
         command = f"scp -rp {bare(local_dir)}/* {bare(host + ':' + remote_dir)}"
         return capture(scope, command, None, timeout)
 

@@ -1,0 +1,106 @@
+"""``~/.ssh/config`` → :class:`HostSettings`: what the connection to one host uses.
+
+``HOME`` decides where ``~`` is. Read: ``HostName``, ``Port``, ``User``,
+``IdentityFile``, ``IdentitiesOnly``, ``UserKnownHostsFile``,
+``GlobalKnownHostsFile``, ``HostKeyAlias``, ``ConnectTimeout``,
+``ProxyCommand``, ``ProxyJump`` (refused later, by name),
+``ServerAliveInterval`` and ``ServerAliveCountMax``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import paramiko
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+# Keepalives cannot be turned off: the pool relies on them to notice a host that
+# stopped answering (a frozen host keeps the TCP connection up for ever).
+DEFAULT_ALIVE_INTERVAL = 5.0
+DEFAULT_ALIVE_COUNT = 3
+KNOWN_HOSTS_GLOBAL = "/etc/ssh/ssh_known_hosts"
+
+
+@dataclass
+class HostSettings:
+    """What ``~/.ssh/config`` says about one host, as used to connect."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: List[str] = field(default_factory=list)
+    known_hosts: List[str] = field(default_factory=list)
+    host_key_alias: Optional[str] = None
+    proxy_command: Optional[str] = None
+    proxy_jump: Optional[str] = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    identities_only: bool = False
+    alive_interval: float = DEFAULT_ALIVE_INTERVAL
+    alive_count: int = DEFAULT_ALIVE_COUNT
+
+    @property
+    def host_key_name(self) -> str:
+        """The name looked up in known_hosts (``[host]:port`` off port 22, as OpenSSH)."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def _yes(value: Any) -> bool:
+    return str(value).strip().lower() in ("yes", "true", "on")
+
+
+def _words(value: Any) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return str(value).split()
+
+
+def _positive(value: Any, default: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number > 0 else default
+
+
+def host_settings(host: str) -> HostSettings:
+    """Look ``host`` up in ``$HOME/.ssh/config`` (missing file: defaults)."""
+    home = os.path.expanduser("~")
+    path = os.path.join(home, ".ssh", "config")
+    config = paramiko.SSHConfig()
+    if os.path.isfile(path):
+        config = paramiko.SSHConfig.from_path(path)
+    options: Dict[str, Any] = dict(config.lookup(host))
+    hostname = str(options.get("hostname") or host)
+    try:
+        port = int(options.get("port") or 22)
+    except ValueError:
+        port = 22
+    identities = [os.path.expanduser(p) for p in _words(options.get("identityfile"))]
+    known = [os.path.join(home, ".ssh", "known_hosts")]
+    for name in _words(options.get("userknownhostsfile")):
+        name = os.path.expanduser(name)
+        if name not in known:
+            known.append(name)
+    for name in _words(options.get("globalknownhostsfile")) or [KNOWN_HOSTS_GLOBAL]:
+        name = os.path.expanduser(name)
+        if name not in known:
+            known.append(name)
+    proxy = options.get("proxycommand")
+    jump = options.get("proxyjump")
+    return HostSettings(
+        alias=host, hostname=hostname, port=port,
+        user=str(options.get("user") or getpass.getuser()),
+        identity_files=identities, known_hosts=known,
+        host_key_alias=options.get("hostkeyalias") or None,
+        proxy_command=None if proxy in (None, "", "none") else str(proxy),
+        proxy_jump=None if jump in (None, "", "none") else str(jump),
+        connect_timeout=_positive(options.get("connecttimeout"), DEFAULT_CONNECT_TIMEOUT),
+        identities_only=_yes(options.get("identitiesonly", "no")),
+        alive_interval=_positive(options.get("serveraliveinterval"), DEFAULT_ALIVE_INTERVAL),
+        alive_count=int(_positive(options.get("serveralivecountmax"), DEFAULT_ALIVE_COUNT)))
