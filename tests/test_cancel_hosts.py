@@ -91,6 +91,20 @@ def local_pids_running(argv_tail: str) -> List[int]:
     return found
 
 
+def group_members(pgid: int) -> List[int]:
+    """Processes of this machine (the test hosts included) in process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(") ", 1)[1].split()[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
 def mark() -> str:
     return f"{400 + secrets.randbelow(100)}.{secrets.randbelow(10 ** 6):06d}"
 
@@ -114,7 +128,10 @@ def test_cancel_after_finished_commands_kills_nothing_remote(transport: Transpor
     assert identified is not None
     command.close()
     assert scope.live_callbacks == 0, "a finished command left a kill registered"
-    # the hosts reuse both numbers for unrelated processes of the same user
+    # once both groups are empty (the stream's watchdog may still sleep for a
+    # second), the hosts reuse both numbers for unrelated processes of the same user
+    for pgid in (one_shot_group, identified.pgid):
+        wait_until(lambda g=pgid: not group_members(g), 5, what=f"group {pgid} empty")
     foreign = [spawn_with_pid(pid, ["sleep", mark()], user=bed.user)
                for pid in (one_shot_group, identified.pgid)]
     # a live stream of the same action, which the cancel must kill

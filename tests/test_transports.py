@@ -32,7 +32,14 @@ from hypothesis import strategies as st
 
 from vmm_exec.cancel import Cancelled, CancelScope
 from vmm_exec.transports import local
-from vmm_exec.transports.base import Execution, RemoteGroup, decode, encode
+from vmm_exec.transports.base import (
+    WATCHDOG_REPORT,
+    WATCHDOG_START,
+    Execution,
+    RemoteGroup,
+    decode,
+    encode,
+)
 from vmm_exec.transports.channel import ProcessChannel
 from vmm_exec.transports.local import capture, run_local
 from vmm_exec.transports.stream import SshStream, StreamCommand
@@ -802,7 +809,8 @@ def test_stream_check_wire_text_is_rubys(make_rig: MakeRig, tmp_path: Path) -> N
     nonce = rig.stream._nonce  # white-box: the per-stream marker suffix
     tail = (f'; echo "ExitCode: $? EOF_ERR_{nonce}" 1>&2; echo "EOF_OUT_{nonce}"\n')
     ruby_check = ('if [ ! -x "/x/s" ]; ' + " " * 26 + "then exit 42 1>&2; " + " " * 24 + "fi")
-    assert text == (f"({ruby_check}){tail}"
+    # first the watchdog (invisible: its output is consumed), then Ruby's text
+    assert text == (f"{WATCHDOG_START}({WATCHDOG_REPORT}){tail}({ruby_check}){tail}"
                     f"(cat << 'EOT' | /x/s a){tail}body\nEOT\n")
 
 

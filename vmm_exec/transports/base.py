@@ -50,21 +50,45 @@ class RemoteGroup:
     start: str
 
 
-# Shell text printing "PGID START" of the shell it runs in: the group of $$
-# and its leader's start time. The stat line is cut after the last ") " so
-# that a command name with blanks or parentheses cannot shift the fields
-# (pgrp is the 3rd field after it, starttime the 20th). $$ in the command
-# substitution is the outer shell's, in bash and in dash.
-IDENTIFY_GROUP = (
-    "g=$(sed 's/.*) //' /proc/$$/stat 2>/dev/null | cut -d' ' -f3); "
-    "echo \"$g $(sed 's/.*) //' /proc/$g/stat 2>/dev/null | cut -d' ' -f20)\""
+# Field N of /proc/PID/stat, cut after the last ") " so that a command name with
+# blanks or parentheses cannot shift the fields (pgrp is 3rd after it, ppid 2nd,
+# starttime 20th).
+def _stat_field(pid: str, field: int) -> str:
+    return f"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f{field})"
+
+
+# Shell text printing "PGID START" of the shell it runs in: the group of $$ and
+# its leader's start time ($$ in a command substitution is the outer shell's, in
+# bash and in dash).
+IDENTIFY_GROUP = f"g={_stat_field('$$', 3)}; echo \"$g {_stat_field('$g', 20)}\""
+
+# A stream's shell also gets a watchdog. WATCHDOG_START runs in the shell itself
+# (not in a framed subshell), so the watchdog is the shell's own background job:
+# the shell reaps it, and a disarmed watchdog leaves no orphan or zombie behind.
+# It waits for the ssh session process (the parent of the group's leader,
+# identified by its start time) to end; if that ends while the shell still runs
+# (the connection was cut: a timeout, a cancel, a lost front-end), it TERMs the
+# shell's process group, then KILLs it: no script outlives its connection,
+# without another connection to the host and without any trace in what the
+# scripts see. It ignores TERM (it is in the group); WATCHDOG_DISARM stops it
+# before the shell exits on purpose. The variable names are the driver's own.
+WATCHDOG_START = (
+    f"__vmm_g={_stat_field('$$', 3)}; __vmm_s={_stat_field('$__vmm_g', 2)}; "
+    f"__vmm_u={_stat_field('$__vmm_s', 20)}; __vmm_w=; "
+    "if [ -n \"$__vmm_g\" ] && [ -n \"$__vmm_u\" ] && [ \"$__vmm_s\" != 1 ]; then "
+    "( trap '' TERM; exec </dev/null >/dev/null 2>&1; "
+    f"while [ \"{_stat_field('$__vmm_s', 20)}\" = \"$__vmm_u\" ]; do sleep 1; done; "
+    "kill -TERM -$__vmm_g; sleep 2; kill -KILL -$__vmm_g ) & __vmm_w=$!; fi\n"
 )
+# framed after WATCHDOG_START: "PGID START" of the shell's group
+WATCHDOG_REPORT = f"echo \"$__vmm_g {_stat_field('$__vmm_g', 20)}\""
+WATCHDOG_DISARM = "kill -KILL $__vmm_w 2>/dev/null; wait $__vmm_w 2>/dev/null"
 
 _GROUP = re.compile(r"([0-9]+) ([0-9]+)")
 
 
 def parse_group(text: str) -> Optional[RemoteGroup]:
-    """The output of :data:`IDENTIFY_GROUP`, or None if it is not one."""
+    """The output of :data:`IDENTIFY_GROUP` or :data:`WATCHDOG_REPORT`, or None."""
     m = _GROUP.fullmatch(text.strip())
     if m is None or int(m.group(1)) <= 1:
         return None

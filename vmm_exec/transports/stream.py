@@ -27,7 +27,9 @@ from typing import Callable, Optional, Set
 from vmm_exec.cancel import Cancelled, CancelScope, Registration, detach
 from vmm_exec.quoting import heredoc_delimiter
 from vmm_exec.transports.base import (
-    IDENTIFY_GROUP,
+    WATCHDOG_DISARM,
+    WATCHDOG_REPORT,
+    WATCHDOG_START,
     Execution,
     Logger,
     RemoteGroup,
@@ -52,7 +54,7 @@ class SshStream:
     def __init__(self, host: str, shell: str, opener: Opener, scope: CancelScope,
                  forward: bool = False,
                  remote_killer: Optional[Callable[[RemoteGroup], None]] = None,
-                 identify_timeout: Optional[float] = None) -> None:
+                 identify_timeout: Optional[float] = None, watchdog: bool = True) -> None:
         self.host = host
         self._identify_timeout = identify_timeout
         # Given a remote process group id, kills it over another connection:
@@ -60,6 +62,11 @@ class SshStream:
         self._remote_killer = remote_killer
         self.remote_group: Optional[RemoteGroup] = None
         self._kill_registration: Optional[Registration] = None
+        # the remote shell runs a watchdog, disarmed on close
+        self._armed = False
+        self._watchdog_enabled = watchdog
+        # the client's exit status when the identification found the connection lost
+        self._lost_code: Optional[int] = None
         self.shell = shell
         self.forward = forward
         self._opener = opener
@@ -79,6 +86,7 @@ class SshStream:
     # -- connection ---------------------------------------------------------
     def open(self, identify_timeout: Optional[float] = None) -> None:
         self._ended = set()
+        self._lost_code = None
         self.opened = True
         self.out = b""
         self.err = b""
@@ -91,21 +99,29 @@ class SshStream:
                         f"Error connecting to {self.host}").encode()
             return
         self.alive = True
-        if self._remote_killer is not None:
+        if self._watchdog_enabled:
             self._identify(identify_timeout if identify_timeout is not None
                            else self._identify_timeout)
 
     def _identify(self, timeout: Optional[float]) -> None:
-        """Learn the remote shell's process group, for killing it if the action is cancelled.
+        """Learn the remote shell's process group and start its watchdog.
 
-        A framed command printing the group and its leader's start time: no
-        script runs and nothing of it is logged (the output is consumed here).
-        The kill is registered with the scope only from now until the shell
-        is closed, killed or lost.
+        A line for the shell and a framed command (see
+        :data:`~vmm_exec.transports.base.WATCHDOG_START`): no script runs and
+        nothing of it is logged (the output is consumed here), so the Ruby
+        transcript is unchanged. With a remote killer
+        (default mode) the group's kill is also registered with the scope, from
+        now until the shell is closed, killed or lost.
         """
-        self.exec(IDENTIFY_GROUP)
+        self._send(encode(WATCHDOG_START))
+        self.exec(WATCHDOG_REPORT)
         code = self.wait_for_command(once=timeout)
         group = parse_group(decode(self.out)) if code == 0 else None
+        self._armed = group is not None
+        if not self.alive:
+            # the connection was lost already: the first real command reports it,
+            # with the client's status, as if it had been the first one sent
+            self._lost_code = code
         if self.alive:
             # a dead stream keeps its error text for the command that follows
             self.out = b""
@@ -145,7 +161,8 @@ class SshStream:
             return
         if self.alive:
             self._join_writer(CLOSE_GRACE)
-            channel.send(b"\nexit\n")
+            disarm = f"{WATCHDOG_DISARM}; " if self._armed else ""
+            channel.send(encode(f"\n{disarm}exit\n"))
         self.alive = False
         self._forget_remote()  # the shell exits
         self._finish(channel)
@@ -199,6 +216,9 @@ class SshStream:
         if timeout is not None:
             self.timeout = timeout
         limit = once if once is not None else self.timeout
+        if not self.alive and self._lost_code is not None:
+            code, self._lost_code = self._lost_code, None
+            return code
         channel = self._channel
         code = -1
         done_out = done_err = False

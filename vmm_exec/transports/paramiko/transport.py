@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Set, Tuple
 import paramiko
 from paramiko.agent import AgentRequestHandler
 
-from vmm_exec.cancel import Cancelled, CancelScope
+from vmm_exec.cancel import Cancelled, CancelScope, detach
 from vmm_exec.transports.base import Execution, RemoteGroup, decode, encode, group_kill_command
 from vmm_exec.transports.channel import OUT, Channel
 from vmm_exec.transports.local import DRAIN_GRACE, TERM_GRACE
@@ -306,7 +306,8 @@ class ParamikoTransport:
         if wait:
             work()
         else:
-            threading.Thread(target=work, daemon=True, name=f"remote kill {host}").start()
+            # the driver waits for detached kills (bounded) before it exits
+            detach(work, f"remote kill {host}")
 
     # -- remotes copy -------------------------------------------------------------
     def copy_remotes(self, scope: CancelScope, host: str, local_dir: str, remote_dir: str,
