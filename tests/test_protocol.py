@@ -352,3 +352,13 @@ def test_split_stderr_roundtrips_formatted_lines(level: str, vmid: int, msg: str
     assert logs == [(level[0], str(vmid), oracle_strip(msg))]
     assert err == "not a log line"
 
+
+
+def test_ids_of_thousands_of_digits_are_read_and_written() -> None:
+    """Ruby reads any number of digits (a bignum); CPython refuses over 4300 by default."""
+    digits = "9" * 5000
+    command = parse_line(f"DRIVER_CANCEL {digits}")
+    assert isinstance(command, DriverCancel)
+    assert format_message("LOG", "I", command.action_id, "x") == f"LOG I {digits} x\n"
+    logs, _ = split_stderr(f"ERROR: {digits} boom\n")
+    assert logs == [("E", digits, "boom")]

@@ -16,7 +16,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vmm_exec.quoting import bare, heredoc_delimiter, shellwords, single_quoted
+from vmm_exec.quoting import (
+    bare,
+    check_operand,
+    heredoc_delimiter,
+    host_problem,
+    name_problem,
+    one_line,
+    shellwords,
+    single_quoted,
+)
 
 SH = "/bin/sh"
 SAFE = r"[A-Za-z0-9_@%+=:,./-]+"
@@ -184,3 +193,62 @@ def test_shellwords_is_rubys_shellwords_escape(value: str, escaped: str) -> None
 def test_shellwords_round_trips_through_sh(value: str) -> None:
     """Escaped text is one word whose value is exactly the input (empty included)."""
     assert sh_printf(shellwords(value)) == f"<{value}>"
+
+
+# ---------------------------------------------------------------------------
+# host names, driver names, values echoed into lines, -x operands
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("host", ["host01", "node-1.example.com", "10.0.0.1", "::1",
+                                  "fe80::1%eth0", "[fe80::1]", "h_1", "oneadmin@host01"])
+def test_host_names_pass(host: str) -> None:
+    assert host_problem(host) is None
+
+
+@pytest.mark.parametrize("host", ["-V", "-oProxyCommand=touch X", "a b", "h;id", "$(x)",
+                                  "`x`", "h\nid", "x" * 300, "", "@host"])
+def test_values_that_are_no_host_names_are_refused(host: str) -> None:
+    problem = host_problem(host)
+    assert problem is not None and problem.startswith("invalid host name")
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text)
+def test_a_host_name_that_passes_is_one_word_and_no_option(value: str) -> None:
+    """Whatever passes reaches ssh as exactly one argv word that is not an option."""
+    if host_problem(value) is None:
+        assert not value.startswith("-")
+        assert shlex_split_one(value) == [value]
+
+
+def shlex_split_one(value: str) -> List[str]:
+    import shlex
+
+    return shlex.split(value)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text)
+def test_a_driver_name_that_passes_stays_in_its_directory(value: str) -> None:
+    if name_problem("driver", value) is None:
+        assert "/" not in value and value not in (".", "..")
+        assert bare(value) == value  # nothing for a shell to interpret
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text)
+def test_one_line_leaves_no_line_break(value: str) -> None:
+    assert "\n" not in one_line(value) and "\r" not in one_line(value)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(text)
+@example("$(touch X)")
+@example('a"b')
+@example("/var/tmp/one/vmm/kvm/poll")
+def test_check_operand_tests_exactly_that_path(path: str) -> None:
+    """``[ -x OPERAND ]`` looks at the literal path (bash, the stream's shell)."""
+    script = f'printf %s {check_operand(path)}'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, timeout=10, check=True)
+    assert out.stdout.decode("utf-8", "surrogateescape") == path
+    if path == "/var/tmp/one/vmm/kvm/poll":
+        assert check_operand(path) == '"/var/tmp/one/vmm/kvm/poll"'  # Ruby's text

@@ -332,3 +332,20 @@ def test_first_byte_signed_examples() -> None:
     assert rubyisms.first_byte_signed("é") == 0xC3 - 256
     with pytest.raises(ValueError):
         rubyisms.first_byte_signed("")
+
+
+# -- integers of any length (Ruby bignums; CPython refuses > 4300 digits by default) --
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=9).flatmap(
+    lambda first: st.text("0123456789", min_size=1, max_size=9000).map(
+        lambda rest: str(first) + rest)))
+def test_to_i_and_decimal_of_any_length(digits: str) -> None:
+    """``to_i`` then ``to_s`` gives the digits back without leading zeros, at any length."""
+    expected = digits.lstrip("0") or "0"
+    assert rubyisms.decimal(rubyisms.to_i(digits)) == expected
+    assert rubyisms.decimal(-rubyisms.to_i(digits)) == ("-" + expected if expected != "0"
+                                                        else "0")
+
+
+def test_integer_of_many_digits_is_read() -> None:
+    assert rubyisms.decimal(rubyisms.integer("7" * 5000) or 0) == "7" * 5000

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 
 from vmm_exec import rubyisms, xmlcompat
 from vmm_exec.protocol import RESULT_FAILURE
-from vmm_exec.quoting import bare, shellwords
+from vmm_exec.quoting import bare, one_line, shellwords
 from vmm_exec.request import ActionError, BuildRequest
 from vmm_exec.steps import (
     CHECKPOINT_FILE,
@@ -71,7 +71,9 @@ def tm_words(command: str) -> List[str]:
 
 def plan(req: BuildRequest, main_action: str, steps: List[Step],
          extra_info: Optional[str] = None) -> Plan:
-    return Plan(req.action, main_action, tuple(steps), extra_info)
+    # extra_info (UPDATESG's, UPDATENIC's id) starts the answer: one line only
+    return Plan(req.action, main_action, tuple(steps),
+                None if extra_info is None else one_line(extra_info))
 
 
 def context_steps(req: BuildRequest) -> List[Step]:
@@ -92,7 +94,7 @@ def deploy(req: BuildRequest) -> ActionPlan:
         domain = f"<contents of {local_dfile}>"
     elif not local_dfile or _file_empty(local_dfile):
         return Immediate(req.action, RESULT_FAILURE,
-                         f"Cannot open deployment file {local_dfile or ''}")
+                         f"Cannot open deployment file {one_line(local_dfile or '')}")
     else:
         try:
             with open(local_dfile, encoding="utf-8", errors="surrogateescape",
@@ -100,7 +102,7 @@ def deploy(req: BuildRequest) -> ActionPlan:
                 domain = f.read()
         except OSError as exc:
             raise ActionError(
-                f"Cannot open deployment file {local_dfile}: {exc.strerror}") from exc
+                f"Cannot open deployment file {one_line(local_dfile)}: {exc.strerror}") from exc
 
     is_action_local = req.config.action_is_local("deploy")
     dfile = local_dfile if is_action_local else text(req, "REMOTE_DEPLOYMENT_FILE")
@@ -240,8 +242,8 @@ def snapshot_create(req: BuildRequest) -> ActionPlan:
     deploy_id = required_text(req, "DEPLOY_ID")
     snap_id = rubyisms.to_i(
         required_text(req, "VM/TEMPLATE/SNAPSHOT[ACTIVE='YES']/SNAPSHOT_ID") or "")
-    return DirectCall(req.action, "snapshot_create", (deploy_id or "", str(snap_id)), host,
-                      req.message.xml(), script_name="snapshot_create")
+    return DirectCall(req.action, "snapshot_create", (deploy_id or "", rubyisms.decimal(snap_id)),
+                      host, req.message.xml(), script_name="snapshot_create")
 
 
 def snapshot_revert(req: BuildRequest) -> ActionPlan:

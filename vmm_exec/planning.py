@@ -11,11 +11,16 @@ from typing import Sequence, Union
 from vmm_exec.actions import build
 from vmm_exec.config import DriverConfig
 from vmm_exec.hooks import Hook, weave
-from vmm_exec.request import BuildRequest
+from vmm_exec.quoting import host_problem
+from vmm_exec.request import ActionError, BuildRequest
 from vmm_exec.rollback import harden
 from vmm_exec.steps import DirectCall, HookedCall, Immediate, Plan
 
 Effective = Union[Plan, DirectCall, HookedCall]
+
+# a host name ssh would read as an option, or that is no host name, fails the request
+# before anything runs (CLEANUP's steps are all no_fail: it would answer SUCCESS)
+HOST_FIELDS = ("HOST", "MIGR_HOST")
 
 
 def effective(plan: Union[Plan, DirectCall], config: DriverConfig,
@@ -32,6 +37,11 @@ def plan_request(request: BuildRequest, hooks: Sequence[Hook]) -> Union[Immediat
     Raises :class:`~vmm_exec.request.ActionError` for a request that cannot be
     planned (the caller answers FAILURE with its text).
     """
+    for field in HOST_FIELDS:
+        value = request.message.text(field)
+        problem = host_problem(value) if value else None
+        if problem is not None:
+            raise ActionError(f"Cannot perform {request.action}: {field} is an {problem}")
     stock = build(request)
     if isinstance(stock, Immediate):
         return stock

@@ -102,7 +102,8 @@ _SEVERITY = {"ERROR": "E", "INFO": "I", "WARN": "W", "DEBUG": "D"}
 
 def format_message(action: str, result: str, msg_id: object, info: Optional[str]) -> str:
     """``send_message``'s line: Ruby ``puts`` adds a newline unless one is there."""
-    text = f"{action} {result} {msg_id} {'' if info is None else info}"
+    shown = rubyisms.decimal(msg_id) if isinstance(msg_id, int) else msg_id
+    text = f"{action} {result} {shown} {'' if info is None else info}"
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -192,6 +193,6 @@ def split_stderr(stderr: str) -> Tuple[List[Tuple[str, str, str]], str]:
             err.append(line)
             continue
         value = rubyisms.integer(m.group(2)) if m.group(2) is not None else None
-        logs.append((_SEVERITY[m.group(1)], "-1" if value is None else str(value),
+        logs.append((_SEVERITY[m.group(1)], "-1" if value is None else rubyisms.decimal(value),
                      rubyisms.strip(m.group(3))))
     return logs, rubyisms.strip("".join(err).replace("\n", " "))

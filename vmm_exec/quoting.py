@@ -53,7 +53,7 @@ def heredoc_delimiter(body: str) -> str:
     return f"EOT_{n}"
 
 
-_HOST_NAME = re.compile(r"[A-Za-z0-9_\[:][A-Za-z0-9_.:%\[\]-]{0,254}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_\[:][A-Za-z0-9_.:%@\[\]-]{0,254}")
 
 
 def host_problem(host: str) -> Optional[str]:
@@ -61,9 +61,43 @@ def host_problem(host: str) -> Optional[str]:
 
     A host name reaches the ``ssh`` argv unquoted (as it did in Ruby), where a
     value starting with ``-`` is an option (``-oProxyCommand=...`` runs a
-    command on the front-end). Names, FQDNs and IPv4/IPv6 addresses pass.
+    command on the front-end). Names, FQDNs, IPv4/IPv6 addresses and
+    ``user@host`` pass.
     """
     if _HOST_NAME.fullmatch(host):
         return None
     shown = host if len(host) <= 64 else host[:64] + "..."
     return f"invalid host name {shown!r}: expected a host name or an IP address"
+
+
+_DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def name_problem(kind: str, name: str) -> Optional[str]:
+    """Why ``name`` cannot be a driver or script name in a path (None: it can).
+
+    VN_MAD, TM_MAD, DS_MAD and the TM/DS action word become path components
+    (``vnm/<VN_MAD>/pre``, ``tm/<TM_MAD>/<action>``): a ``/``, ``..`` or shell
+    syntax there would leave the directory or run in the shell.
+    """
+    if _DRIVER_NAME.fullmatch(name) and name not in (".", ".."):
+        return None
+    shown = name if len(name) <= 64 else name[:64] + "..."
+    return f"invalid {kind} {shown!r}"
+
+
+def one_line(text: str) -> str:
+    """A value from the request placed in a line the driver writes: line breaks
+    become blanks, so it cannot start a protocol line of its own."""
+    return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+
+_SPECIAL_IN_DOUBLE_QUOTES = frozenset('"$`\\')
+
+
+def check_operand(path: str) -> str:
+    """``path`` as an operand of ``[ -x ... ]``: Ruby's double quotes when nothing in
+    it is special there (every usual script path), single quotes otherwise."""
+    if _SPECIAL_IN_DOUBLE_QUOTES.isdisjoint(path):
+        return f'"{path}"'
+    return single_quoted(path)

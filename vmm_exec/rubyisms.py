@@ -38,8 +38,33 @@ def to_i(text: str) -> int:
     m = _TO_I.match(text)
     if not m:
         return 0
-    value = int(m.group(2).replace("_", ""))
+    value = big_int(m.group(2).replace("_", ""))
     return -value if m.group(1) == "-" else value
+
+
+# CPython refuses int(str) and str(int) past this many digits (a guard against
+# quadratic conversions); Ruby's bignums have no such limit.
+_DIGITS_AT_ONCE = 4000
+
+
+def big_int(digits: str) -> int:
+    """``int(digits)`` for decimal digits of any length, in pieces below CPython's limit."""
+    if len(digits) <= _DIGITS_AT_ONCE:
+        return int(digits)
+    half = len(digits) // 2
+    scale: int = 10 ** (len(digits) - half)
+    return big_int(digits[:half]) * scale + big_int(digits[half:])
+
+
+def decimal(value: int) -> str:
+    """``str(value)`` (Ruby's ``to_s``) for integers of any size."""
+    if -10 ** _DIGITS_AT_ONCE < value < 10 ** _DIGITS_AT_ONCE:
+        return str(value)
+    if value < 0:
+        return "-" + decimal(-value)
+    width = len(decimal(value >> (value.bit_length() // 2)))  # about half the digits
+    high, low = divmod(value, 10 ** width)
+    return decimal(high) + decimal(low).rjust(width, "0")
 
 
 def integer(digits: str) -> Optional[int]:
@@ -54,7 +79,7 @@ def integer(digits: str) -> Optional[int]:
         if any(c in "89" for c in digits):
             return None
         return int(digits, 8)
-    return int(digits)
+    return big_int(digits)
 
 
 def split_words(text: str) -> List[str]:

@@ -15,7 +15,7 @@ from vmm_exec import rubyisms
 from vmm_exec.context import ActionContext
 from vmm_exec.hooks import hook_environment
 from vmm_exec.protocol import split_stderr
-from vmm_exec.quoting import bare, host_problem, single_quoted
+from vmm_exec.quoting import bare, host_problem, name_problem, one_line, single_quoted
 from vmm_exec.request import StepError
 from vmm_exec.steps import DirectCall, Param, Step, Sym
 from vmm_exec.transports.base import Execution
@@ -87,6 +87,9 @@ def run_vnm(ctx: ActionContext, step: Step) -> Outcome:
     for driver in drivers:
         if driver in skip:
             continue
+        problem = name_problem("network driver name (VN_MAD)", driver)
+        if problem is not None:
+            raise StepError(problem)
         local = (ctx.config.action_is_local(step.action)
                  or f"{driver}-{step.action}" in ctx.config.vnmad_local_actions)
         command = action_command_line(ctx, step.action, params, None,
@@ -113,10 +116,17 @@ def _driver_dirs(path: str) -> List[str]:
 
 
 def _split_command(words: Sequence[str], what: str) -> Tuple[str, str, str]:
-    """``CMD DRIVER ARG...`` → (script name, driver, shell-escaped args), as tm/ds do."""
+    """``CMD DRIVER ARG...`` → (script name, driver, shell-escaped args), as tm/ds do.
+
+    The script name becomes a path under the driver's directory: one that would
+    leave it (``../``) or carry shell syntax is refused (Ruby ran it).
+    """
     if not words:
         raise StepError(f"empty {what} command")
     driver = words[1] if len(words) > 1 else ""
+    problem = name_problem(f"{what} action", words[0].lower())
+    if problem is not None:
+        raise StepError(problem)
     return words[0].lower(), driver, " ".join(rubyisms.shell_escape(w) for w in words[2:])
 
 
@@ -125,7 +135,7 @@ def run_tm(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Ou
     cmd, tm, args = _split_command(words, "transfer manager")
     tm_dir = os.path.join(ctx.config.paths.remotes, "tm")
     if tm not in _driver_dirs(tm_dir):
-        return False, f"Transfer Driver '{tm}' not available"
+        return False, f"Transfer Driver '{one_line(tm)}' not available"
     path = os.path.join(tm_dir, tm, cmd)
     if not os.path.exists(path):
         head, dot, _ = cmd.rpartition(".")
@@ -145,7 +155,7 @@ def run_ds(ctx: ActionContext, words: Sequence[str], stdin: Optional[str]) -> Ou
     cmd, ds, args = _split_command(words, "datastore")
     ds_dir = os.path.join(ctx.config.paths.remotes, "datastore")
     if ds not in _driver_dirs(ds_dir):
-        return False, f"Datastore Driver '{ds}' not available"
+        return False, f"Datastore Driver '{one_line(ds)}' not available"
     command = f"{bare(os.path.join(ds_dir, ds, cmd))} {args}"
     result = run_local(ctx.scope, command, ctx.log, stdin, ctx.default_timeout)
     return info_from_execution(ctx, result)

@@ -10,7 +10,7 @@ import time
 from typing import Optional
 
 from vmm_exec.cancel import CancelScope
-from vmm_exec.quoting import bare
+from vmm_exec.quoting import bare, check_operand
 from vmm_exec.rubyisms import split_words
 from vmm_exec.transports.api import Transport
 from vmm_exec.transports.base import Execution, Logger
@@ -35,7 +35,7 @@ def remote_script_command(command: str) -> str:
     """The ``-x`` guard of ``RemotesCommand``: exit 42 when the script is missing."""
     words = split_words(command)
     script = words[0] if words else ""
-    return (f'if [ -x "{script}" ]; then {command}; else'
+    return (f'if [ -x {check_operand(script)} ]; then {command}; else'
             f'                              exit {MAGIC_RC}; fi')
 
 

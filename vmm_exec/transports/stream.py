@@ -25,7 +25,7 @@ import time
 from typing import Callable, Optional, Set
 
 from vmm_exec.cancel import Cancelled, CancelScope, Registration, detach
-from vmm_exec.quoting import heredoc_delimiter
+from vmm_exec.quoting import check_operand, heredoc_delimiter
 from vmm_exec.transports.base import (
     WATCHDOG_DISARM,
     WATCHDOG_REPORT,
@@ -320,8 +320,8 @@ class StreamCommand:
         if base_cmd is not None:
             script = re.match(r"\S*", base_cmd)
             target = script.group(0) if script else ""
-            check = (f'if [ ! -x "{target}" ];                           then exit {MAGIC_RC} '
-                     f'1>&2;                         fi')
+            check = (f'if [ ! -x {check_operand(target)} ];                           '
+                     f'then exit {MAGIC_RC} 1>&2;                         fi')
             self.stream.exec(check)
             if self.stream.wait_for_command(once=check_timeout) == MAGIC_RC:
                 self._update_remotes()
