@@ -55,7 +55,7 @@ def excerpt(line: str, keep: int = 80) -> str:
 
 def host_of(request: Request) -> Optional[str]:
     """The HOST of a request, for single-host scheduling (nothing decoded is kept)."""
-    return messages.decode(request.payload).text("HOST")
+    return messages.peek_text(request.payload, "HOST")
 
 
 class Driver:

@@ -114,6 +114,19 @@ def _add_element_to_path(target: Element, element: Element, path: str) -> None:
     target.add_element(element)
 
 
+def peek_text(payload_b64: str, path: str) -> Optional[str]:
+    """One value of a payload that is otherwise not needed yet (the scheduler's
+    HOST lookup): the decoded tree is taken apart at once, so that a long queue
+    of requests does not keep trees waiting for the garbage collector."""
+    message = decode(payload_b64)
+    try:
+        return message.text(path)
+    finally:
+        document = message.root.document
+        if document is not None:
+            document.dispose()
+
+
 class Message:
     """A decoded payload; paths use REXML's XPath semantics (see xmlcompat)."""
 

@@ -274,6 +274,20 @@ class Document:
     def __init__(self) -> None:
         self.children: List[Node] = []
 
+    def dispose(self) -> None:
+        """Break the tree's parent links now (they make reference cycles, which
+        only the cyclic garbage collector would free, later): for a tree read for
+        one value and dropped at once."""
+        stack: List[Node] = list(self.children)
+        self.children = []
+        while stack:
+            node = stack.pop()
+            node.parent = None
+            if isinstance(node, Element):
+                node._document = None
+                stack.extend(node.children)
+                node.children = []
+
     @property
     def root(self) -> Optional[Element]:
         """The root element (``Document#root``)."""
