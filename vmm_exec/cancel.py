@@ -79,11 +79,10 @@ class CancelScope:
     """The live processes and cancel callbacks of one action."""
 
     def __init__(self, name: str = "", *, grace: float = LOCAL_GRACE,
-                 deadline: float = CALLBACK_DEADLINE, shielded: bool = False) -> None:
+                 deadline: float = CALLBACK_DEADLINE) -> None:
         self.name = name
         self.grace = grace
         self.deadline = deadline
-        self.shielded_from_parent = shielded
         self._lock = threading.Lock()
         self._procs: Dict[int, subprocess.Popen[bytes]] = {}
         self._callbacks: List[Registration] = []
@@ -93,7 +92,7 @@ class CancelScope:
     def shielded(cls, name: str = "shielded") -> CancelScope:
         """A scope of its own for work that must run although the caller's scope is
         cancelled (killing a cancelled command's remote side). Bound it by a timeout."""
-        return cls(name, shielded=True)
+        return cls(name)
 
     # -- state --------------------------------------------------------------
     @property

@@ -16,7 +16,6 @@ from typing import Dict, List, Optional
 # Unicode spaces, which Ruby does not.
 RUBY_STRIP_CHARS = "\0\t\n\v\f\r "
 # Characters matched by Ruby's regexp \s and by the awk-style String#split(' ').
-RUBY_SPACE = " \t\n\v\f\r"
 
 _RUBY_WS_RUN = re.compile(r"[ \t\n\v\f\r]+")
 _TO_I = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[dD](?=[0-9]))?([0-9]+(?:_[0-9]+)*)")

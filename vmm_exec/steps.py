@@ -9,7 +9,7 @@ returns a :class:`Plan`; nothing here runs anything, so a plan can be printed
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 DRIVERS = ("vmm", "vnm", "tm", "ds", "hook")
@@ -115,7 +115,6 @@ class Plan:
     pre_hooks: Tuple[Step, ...] = ()
     post_hooks: Tuple[Step, ...] = ()
     fail_hooks: Tuple[Step, ...] = ()
-    notes: Tuple[str, ...] = field(default=())
 
     def walk(self) -> Iterator[Tuple[int, Step]]:
         """Every step with its depth (fail actions nested one level deeper)."""
