@@ -183,6 +183,38 @@ def test_weave_places_every_hook_point(tmp_path: Path) -> None:
     assert all("50-all.toml" in s.origin for s in plan.pre_hooks + plan.post_hooks)
 
 
+def test_instead_replaces_a_step_keeping_its_name_and_rollback(tmp_path: Path) -> None:
+    """``instead vmm:migrate``: the add-on's script runs in the stock step's place,
+    under the stock name (its info is the answer), with its own fail actions first
+    and then the stock step's; before/after/on-fail hooks still find the step; the
+    last file naming a step wins."""
+    hook_file(tmp_path, "10-old.toml", '[[hook]]\npoint = "instead vmm:migrate"\n'
+              'driver = "vmm"\nscript = "vmm_exec/old/migrate"\n')
+    hook_file(tmp_path, "20-new.toml", '''\
+        [[hook]]
+        point = "instead vmm:migrate"
+        driver = "vmm"
+        action = "migrate"
+        script = "vmm_exec/libvirt/migrate"
+        parameters = [":deploy_id", ":dest_host", ":host"]
+        [[hook.fail_actions]]
+        driver = "hook"
+        script = "vmm_exec/libvirt/recover"
+        [[hook]]
+        point = "on-fail vmm:migrate"
+        script = "notify"
+        ''')
+    plan = weave(stock_plan(), load_hooks([str(tmp_path)]), "kvm")
+    migrate = plan.steps[1]
+    assert (migrate.driver, migrate.action, migrate.script_name) == (
+        "vmm", "migrate", "vmm_exec/libvirt/migrate")
+    assert "20-new.toml" in migrate.origin and migrate.hook_point == "instead vmm:migrate"
+    assert [str(p) for p in migrate.parameters] == [":deploy_id", ":dest_host", ":host"]
+    assert not migrate.no_extra_params  # the stock contract: + vm id and host
+    assert [f.action for f in migrate.fail_actions] == ["recover", "tm_failmigrate", "notify"]
+    assert [s.action for s in plan.steps] == ["tm_premigrate", "migrate", "clean"]
+
+
 def test_weave_without_applicable_hooks_returns_the_plan_itself(tmp_path: Path) -> None:
     plan = stock_plan()
     assert weave(plan, [], "kvm") is plan
@@ -284,9 +316,30 @@ def test_no_hook_files_leave_the_transcript_unchanged(world: Path) -> None:
     assert [c["name"] for c in calls] == ["vmm-shutdown"]
 
 
+def test_instead_hook_runs_the_add_on_script_with_the_stock_contract(world: Path) -> None:
+    """The replacement gets the stock argv (its parameters + vm id + host) and the whole
+    request on stdin; its output is the action's answer; the stock script never runs."""
+    journal_script(world / "one/var/remotes/vmm_exec/addon/shutdown", "addon-shutdown")
+    hooks_dir = world / "hooks"
+    hook_file(hooks_dir, "10-instead.toml", '''\
+        [[hook]]
+        point = "instead vmm:shutdown"
+        driver = "vmm"
+        script = "vmm_exec/addon/shutdown"
+        parameters = [":deploy_id", ":host"]
+        ''')
+    lines, calls = run_action(world, hooks_dir, "SHUTDOWN")
+    assert [c["name"] for c in calls] == ["addon-shutdown"]
+    assert calls[0]["argv"] == ["one-42", "host01", "42", "host01"]
+    # a local (-l) vmm script gets the request base64-encoded, as the stock one does
+    assert base64.b64decode(calls[0]["stdin"]).startswith(b"<VMM_DRIVER_ACTION_DATA>")
+    assert lines[-1] == "SHUTDOWN SUCCESS 42 addon-shutdown out"
+
+
 def test_hook_module_documents_every_point() -> None:
     doc = hooks_mod.__doc__ or ""
-    for point in ("pre", "post", "fail", "before D:A", "after D:A", "on-fail D:A"):
+    for point in ("pre", "post", "fail", "before D:A", "after D:A", "on-fail D:A",
+                  "instead D:A"):
         assert point in doc
 
 

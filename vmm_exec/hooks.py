@@ -15,6 +15,9 @@ to a hook point:
 ``before D:A``      before the step ``D:A`` (e.g. ``before vmm:migrate``)
 ``after D:A``       after that step succeeded
 ``on-fail D:A``     in that step's rollback, after its stock fail actions
+``instead D:A``     runs in place of that step (same name, same answer), with
+                    its own fail actions followed by the step's; the last file
+                    naming a step wins
 
 Hooks of several files run in file-name order, hooks of one file in file
 order. A hook can be scoped to hypervisors and actions. Nothing here runs
@@ -38,7 +41,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python < 3.11
     import tomli as _toml
 
-POINT = re.compile(r"^(pre|post|fail|(before|after|on-fail) (vmm|vnm|tm|ds|hook):(\S+))$")
+POINT = re.compile(
+    r"^(pre|post|fail|(before|after|on-fail|instead) (vmm|vnm|tm|ds|hook):(\S+))$")
 HOOK_DRIVERS = DRIVERS
 WHERE = ("host", "destination", "frontend")
 
@@ -203,7 +207,9 @@ def step_from_mapping(table: Mapping[str, Any], where: str, base: str) -> Step:
                                              f"{where} fail action", base)
                            for f in fail),
         no_fail=bool(table.get("no_fail", False)),
-        script_name=script if driver == "hook" else table.get("script_name"),
+        # a stock driver's step given a script runs it instead of vmm/<hv>/<action>;
+        # its path is relative to SCRIPTS_REMOTE_DIR, so the remotes update ships it
+        script_name=str(script) if script else table.get("script_name"),
         no_extra_params=bool(table.get("no_extra_params", driver == "hook")),
         is_local=True if place == "frontend" else table.get("is_local"),
         skip=tuple(table.get("skip", ())),
@@ -228,8 +234,8 @@ def _param(value: Any, where: str) -> Param:
 def _point(value: Any, where: str) -> str:
     text = " ".join(str(value or "").split())
     if not POINT.match(text):
-        raise HookError(f"{where}: point must be pre, post, fail, or 'before|after|on-fail "
-                        f"DRIVER:ACTION' (e.g. 'before vmm:migrate'), not {value!r}")
+        raise HookError(f"{where}: point must be pre, post, fail, or 'before|after|on-fail|"
+                        f"instead DRIVER:ACTION' (e.g. 'before vmm:migrate'), not {value!r}")
     return text
 
 
@@ -272,6 +278,15 @@ def weave(plan: Union[Plan, DirectCall], hooks: Sequence[Hook],
                    post_hooks=plan.post_hooks + post, fail_hooks=plan.fail_hooks + fail)
 
 
+def _replacement(stock: Step, hook: Hook, rollback: Tuple[Step, ...]) -> Step:
+    """The hook's step in place of ``stock``: it keeps the stock step's name (so
+    its info is the action's answer and other hooks still find it), its
+    ``no_fail`` and its rollback, after the hook's own fail actions."""
+    mine = _tag(hook.step, hook)
+    return replace(mine, action=stock.action, no_fail=stock.no_fail or mine.no_fail,
+                   destination=stock.destination, fail_actions=mine.fail_actions + rollback)
+
+
 def _inherit(hook_step: Step, rollback: Tuple[Step, ...]) -> Step:
     """A hook step failing leaves the action where the neighbouring stock step's
     failure would: after its own fail actions, that step's rollback runs."""
@@ -289,8 +304,12 @@ def _weave_steps(steps: Sequence[Step], hooks: Sequence[Hook]) -> List[Step]:
     for s in steps:
         on_fail = tuple(_tag(h.step, h, rollback=True) for h in hooks
                         if h.point == f"on-fail {s.label}")
-        woven.append(replace(s, fail_actions=tuple(_weave_steps(s.fail_actions, hooks))
-                             + on_fail))
+        stock_rollback = tuple(_weave_steps(s.fail_actions, hooks)) + on_fail
+        instead = [h for h in hooks if h.point == f"instead {s.label}"]
+        if instead:
+            woven.append(_replacement(s, instead[-1], stock_rollback))
+        else:
+            woven.append(replace(s, fail_actions=stock_rollback))
     out: List[Step] = []
     for i, (s, w) in enumerate(zip(steps, woven)):
         following = woven[i + 1].fail_actions if i + 1 < len(woven) else ()

@@ -51,6 +51,8 @@ def action_command_line(ctx: ActionContext, action: str, parameters: str,
         return f"{action} {parameters}"
     base = ctx.config.paths.remotes if local else ctx.config.scripts_remote_dir
     name = ctx.config.script_name(action, default_name)
+    if "/" in name:  # an add-on's script (a hook's ``script``): relative to the remotes
+        return f"{os.path.join(base, name)} {parameters}"
     return f"{os.path.join(base, directory, name)} {parameters}"
 
 
