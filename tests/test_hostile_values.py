@@ -132,14 +132,15 @@ HOST_SUFFIX = st.text(st.sampled_from(HOST_CHARS), max_size=12)
 BAD_HOSTS = (
     "-V", "-oProxyCommand=touch CANARY", "-oProxyCommand=touch${IFS}CANARY", "a;b",
     "$(x)", "$(touch CANARY)", "`touch CANARY`", "a b", " h1", "h1 ", "h1\n", "a|b",
-    "a&b", "a'b", 'a"b', "*", "~", "~root", "h1/x", "a@b", "ñandú", "\t", "..", "-", "--",
+    "a&b", "a'b", 'a"b', "*", "~", "~root", "h1/x", "@b", "ñandú", "\t", "..", "-", "--",
     "h1\nEOT", "a" * 300,
 )
 
 
 def _clearly_not_a_host(value: str) -> bool:
-    return bool(value) and (value.startswith("-")
-                            or any(c not in HOST_CHARS for c in value))
+    """Shell syntax, blanks, options...; ``user@host`` is a host name for ssh."""
+    return bool(value) and (value.startswith(("-", "@"))
+                            or any(c not in HOST_CHARS + "@" for c in value))
 
 
 BAD_HOST = st.one_of(st.sampled_from(BAD_HOSTS), _SHORT.filter(_clearly_not_a_host))
