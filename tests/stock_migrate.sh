@@ -7,10 +7,16 @@
 # the stock script needs OpenNebula's Ruby libraries, which the test hosts lack.
 #
 # argv: DEPLOY_ID DEST_HOST SRC_HOST VMID [HOST]; stdin: VMM_DRIVER_ACTION_DATA
-# env (from the host's kvmrc): LIBVIRT_URI; the destination URI is
-# VMM_EXEC_DEST_URI with {host} replaced (stock: $QEMU_PROTOCOL://host/system)
+# From the host's kvmrc (sourced like load_remote_env): LIBVIRT_URI,
+# MIGRATE_OPTIONS, and the destination URI as VMM_EXEC_DEST_URI with {host}
+# replaced (stock: $QEMU_PROTOCOL://host/system; the test hosts are unix sockets)
 deploy_id=$1 dst_host=$2
 cat >/dev/null                                   # the request (only per-VM options)
+# load_remote_env: the driver's rc (kvmrc) from the remotes tree
+remotes="$(cd "$(dirname "$0")/../.." && pwd)"
+for rc in "$remotes/vmm/kvm/kvmrc" "$remotes/etc/vmm/kvm/kvmrc"; do
+    [ -f "$rc" ] && . "$rc"
+done
 virsh="virsh --connect $LIBVIRT_URI"
 dest_uri=${VMM_EXEC_DEST_URI//\{host\}/$dst_host}
 
