@@ -386,8 +386,8 @@ def test_source_left_paused(bed: Any, hosts: Hosts) -> None:
     source pauses for the switch-over and waits for host02; then host01's libvirtd
     crashes and restarts: the source is left PAUSED (migration), no job. host02 cannot
     be checked, so the VM might have started there: it must NOT be resumed (exit 2).
-    Once host02 answers again (it drops its incoming domain), recover resumes it and
-    puts the snapshot metadata back from the record."""
+    Once host02 answers again, recover destroys the incoming domain there if libvirt
+    has not dropped it yet, resumes the source and puts the snapshot metadata back."""
     lv = lvmod()
     name, vm_id, uuid = hosts.new_vm("host01", random_ram_mib=64)
     hosts.configure("host01", "--p2p --bandwidth 8")
@@ -423,13 +423,16 @@ def test_source_left_paused(bed: Any, hosts: Hosts) -> None:
                                                    lv.VIR_DOMAIN_PAUSED_MIGRATION)
 
     bed.thaw_daemon("host02")
-    wait_for(lambda: bed.guest_state("host02", uuid) is None, 20,
-             "host02 to drop its incoming domain")
+    # host02 answers again; whether libvirt there has dropped its incoming domain yet
+    # depends on timing (it does once it notices host01's connection is gone; on a
+    # loaded machine that took more than 20 s). recover destroys it if it is still there.
+    incoming = bed.guest_state("host02", uuid)
+    assert incoming is None or incoming[0] == lv.VIR_DOMAIN_PAUSED, incoming
     rc, err = hosts.recover("host01", name, "host01", "host02")
     print(err)
     assert rc == 0, err
     text = summary(err)
-    assert f"resumed {name} on host01, restored 2 snapshots on host01" in text
+    assert f"resumed {name} on host01, restored 2 snapshots on host01" in text, text
     assert text.endswith(f"Now {name} runs on host01 only.")
     assert_on_source_only(bed, hosts, "host01", "host02", name, uuid)
 
