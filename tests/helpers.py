@@ -417,7 +417,7 @@ def can_choose_pids() -> bool:
 
 
 def spawn_with_pid(pid: int, argv: Sequence[str], user: Optional[str] = None,
-                   attempts: int = 20) -> subprocess.Popen[bytes]:
+                   attempts: int = 200) -> subprocess.Popen[bytes]:
     """Start ``argv`` as the leader of a new session whose PID is exactly ``pid``.
 
     This is how a cloud host reuses the PID of a process group that has ended.

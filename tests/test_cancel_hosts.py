@@ -1,5 +1,6 @@
 """Cancelling an action on real hosts, with both transports (default mode).
 
+* A stream's script ends with its session's process (the watchdog), without a remote kill.
 * A cancel after a command has finished kills nothing on the host, even when the
   finished command's process group id now belongs to another process there.
 * A host that no longer answers does not delay the kill of the action's work on
@@ -158,6 +159,34 @@ def test_cancel_after_finished_commands_kills_nothing_remote(transport: Transpor
             proc.kill()
             proc.wait()
         runner.join(10)
+
+
+def test_a_stream_whose_shell_dies_takes_its_script_along(transport: Transport,
+                                                          bed: Testbed) -> None:
+    """When the session's process on the host dies alone (a signal to it, not to its
+    group) while the connection lives on (a pooled paramiko connection), the stream's
+    watchdog notices and ends the group: the script does not run on, orphaned, until
+    the connection closes. (No remote kill here: the watchdog alone.)"""
+    scope = CancelScope("shell dies")
+    command = stream_on(transport, scope, "host01", lambda host, group: None)
+    assert command.run("true", None, None, 20).code == 0
+    group = command.stream.remote_group
+    assert group is not None
+    sleeping = mark()
+    runner = threading.Thread(target=_run_quietly, args=(command, f"sleep {sleeping}"),
+                              daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: bool(local_pids_running(f"sleep {sleeping}")), 20,
+                   what="the script running on host01")
+        # the group's leader alone (the login shell running "bash -s", or that shell),
+        # as sshd signals a session's process
+        os.kill(group.pgid, signal.SIGTERM)
+        wait_until(lambda: not local_pids_running(f"sleep {sleeping}"), 10,
+                   what="the script ended with its shell")
+    finally:
+        runner.join(20)
+        command.close()
 
 
 def _run_quietly(command: StreamCommand, text: str) -> None:

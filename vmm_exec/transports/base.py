@@ -65,19 +65,27 @@ IDENTIFY_GROUP = f"g={_stat_field('$$', 3)}; echo \"$g {_stat_field('$g', 20)}\"
 # A stream's shell also gets a watchdog. WATCHDOG_START runs in the shell itself
 # (not in a framed subshell), so the watchdog is the shell's own background job:
 # the shell reaps it, and a disarmed watchdog leaves no orphan or zombie behind.
-# It waits for the ssh session process (the parent of the group's leader,
-# identified by its start time) to end; if that ends while the shell still runs
-# (the connection was cut: a timeout, a cancel, a lost front-end), it TERMs the
-# shell's process group, then KILLs it: no script outlives its connection,
-# without another connection to the host and without any trace in what the
-# scripts see. It ignores TERM (it is in the group); WATCHDOG_DISARM stops it
-# before the shell exits on purpose. The variable names are the driver's own.
+# It waits for the ssh session process (the parent of the group's leader) or the
+# group's leader (the login shell that runs the stream's shell, or that shell
+# itself) to end, both identified by their start times. If either ends while the
+# watchdog is armed (the connection was cut: a timeout, a cancel, a lost
+# front-end; or the session's process got a signal: sshd's answer to the SSH
+# "signal" request, or a kill of the stream's group that missed the orphans,
+# while a pooled paramiko connection keeps the session process alive), it TERMs
+# the shell's process group, then KILLs it: no script outlives its connection
+# or its shell, without another connection to the host and without any trace
+# in what the scripts see. It ignores TERM (it is in the group);
+# WATCHDOG_DISARM stops it before the shell exits on purpose. The variable names
+# are the driver's own.
 WATCHDOG_START = (
     f"__vmm_g={_stat_field('$$', 3)}; __vmm_s={_stat_field('$__vmm_g', 2)}; "
-    f"__vmm_u={_stat_field('$__vmm_s', 20)}; __vmm_w=; "
-    "if [ -n \"$__vmm_g\" ] && [ -n \"$__vmm_u\" ] && [ \"$__vmm_s\" != 1 ]; then "
+    f"__vmm_u={_stat_field('$__vmm_s', 20)}; __vmm_t={_stat_field('$__vmm_g', 20)}; "
+    "__vmm_w=; "
+    "if [ -n \"$__vmm_g\" ] && [ -n \"$__vmm_u\" ] && [ -n \"$__vmm_t\" ] "
+    "&& [ \"$__vmm_s\" != 1 ]; then "
     "( trap '' TERM; exec </dev/null >/dev/null 2>&1; "
-    f"while [ \"{_stat_field('$__vmm_s', 20)}\" = \"$__vmm_u\" ]; do sleep 1; done; "
+    f"while [ \"{_stat_field('$__vmm_s', 20)}\" = \"$__vmm_u\" ] "
+    f"&& [ \"{_stat_field('$__vmm_g', 20)}\" = \"$__vmm_t\" ]; do sleep 1; done; "
     "kill -TERM -$__vmm_g; sleep 2; kill -KILL -$__vmm_g ) & __vmm_w=$!; fi\n"
 )
 # framed after WATCHDOG_START: "PGID START" of the shell's group
