@@ -141,7 +141,8 @@ class ActionContext:
                                                   timeout=self.connection_timeout)
 
             killer: Optional[Callable[[RemoteGroup], None]] = None
-            if not self.config.strict:
+            # strict mode: only where the kill leaves no trace in Ruby's transcript
+            if not self.config.strict or self.transport.silent_remote_kill:
                 def killer(group: RemoteGroup, h: str = host) -> None:
                     self.transport.kill_remote(h, group)
 

@@ -24,6 +24,11 @@ class Transport(Protocol):
     """
 
     name: str
+    #: whether :meth:`kill_remote` leaves no trace in what the Ruby driver's
+    #: transcript shows (paramiko: another channel of a pooled connection; OpenSSH:
+    #: another ``ssh`` process, which a journaling ``ssh`` would record). Strict mode
+    #: kills a cancelled stream's remote group only where it is silent.
+    silent_remote_kill: bool
 
     def open_stream(self, scope: CancelScope, host: str, shell: str,
                     forward: bool, timeout: Optional[float] = None) -> Channel:

@@ -64,6 +64,7 @@ class OpenSSHTransport:
     stay the Ruby driver's."""
 
     name = "openssh"
+    silent_remote_kill = False
 
     def __init__(self, kill_remote: bool = True) -> None:
         self.kill_remote_commands = kill_remote

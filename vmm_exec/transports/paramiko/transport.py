@@ -71,11 +71,17 @@ class ParamikoTransport:
     """SSH through paramiko: pooled connections, channels per command.
 
     ``kill_remote=False`` (strict mode) sends the command text unchanged: no
-    marks, so only the SSH signal can stop remote commands (as ``make_transport``
-    does for OpenSSH with ``OpenSSHTransport(kill_remote=not strict)``).
+    marks, so only the SSH signal can stop one-shot remote commands (as
+    ``make_transport`` does for OpenSSH with ``OpenSSHTransport(kill_remote=not
+    strict)``). A stream's shell is still killed by its process group on a
+    cancel, in both modes: that kill is another channel, invisible to oned and
+    to the scripts, and without it a root login (sshd refuses it the SSH signal)
+    on a pooled connection would keep a cancelled script running until the
+    connection closes.
     """
 
     name = "paramiko"
+    silent_remote_kill = True
 
     def __init__(self, kill_remote: bool = True,
                  settings: Callable[[str], HostSettings] = host_settings) -> None:
