@@ -19,8 +19,8 @@ LIBVIRT_FIXTURES = {"make_libvirt_bed", "libvirt_bed"}
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     """``hosts``: real sshd hosts; ``corpus``: the recorded Ruby corpus; ``driver``: the
-    driver (or a stub) as a real process; ``libvirt``: real libvirtds and QEMUs. The
-    fast lane deselects all four."""
+    driver (or a stub) as a real process; ``libvirt``: real libvirtds and QEMUs. (A
+    real oned's tests carry ``oned`` themselves.) The fast lane deselects all five."""
     for item in items:
         name = item.path.name
         if LIBVIRT_FIXTURES & set(getattr(item, "fixturenames", ())):
