@@ -10,6 +10,7 @@ steps in the Ruby order with their parameters, fail actions, ``no_fail`` and
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -644,11 +645,11 @@ def test_cleanup_missing_element_is_an_action_error(missing: str) -> None:
                                                  missing: None})))
 
 
-def test_cleanup_with_an_empty_tm_command_is_an_action_error() -> None:
-    """``<TM_COMMAND/>``: Ruby's ``nil.each_line`` killed the thread before any step;
-    answering SUCCESS would tell oned the disks were deleted."""
-    with pytest.raises(ActionError, match="TM_COMMAND is empty"):
-        build(request("CLEANUP", message_xml(TM_COMMAND="")))
+def test_cleanup_with_an_empty_tm_command_deletes_nothing() -> None:
+    """``<TM_COMMAND/>``: ``if tm_command`` guards ``each_line``, so the original cancels
+    and cleans and answers SUCCESS without any tm_delete (recorded: cleanup_variants)."""
+    plan = plan_of("CLEANUP", message_xml(TM_COMMAND=""))
+    assert [s.label for s in plan.steps] == ["vmm:cancel", "vnm:clean"]
 
 
 # ---------------------------------------------------------------------------
@@ -694,15 +695,45 @@ def test_attach_nic_prefers_the_nic_and_defaults_the_model() -> None:
                                              "vmm:prereconfigure", "vmm:reconfigure"]
 
 
-@pytest.mark.parametrize("kind, name", [("NIC", n) for n in ("VN_MAD", "BRIDGE", "TARGET", "MAC")]
-                         + [("NIC_ALIAS", n) for n in ("VN_MAD", "BRIDGE", "MAC")])
-def test_attach_nic_missing_value_is_answered_at_once(kind: str, name: str) -> None:
-    """The original's ``Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC``."""
-    nic = NIC.replace("NIC>", f"{kind}>")
-    for element in (f"<{name}>", f"</{name}>"):
-        nic = nic.replace(element, "<X>" if element[1] != "/" else "</X>", 1)
+@pytest.mark.parametrize("kind", ["NIC", "PCI", "NIC_ALIAS"])
+@pytest.mark.parametrize("name", ["VN_MAD", "BRIDGE", "TARGET", "MAC"])
+def test_attach_nic_empty_value_is_answered_at_once(kind: str, name: str) -> None:
+    """An element without text (``nil.strip``): the original's ``Missing VN_MAD, BRIDGE,
+    TARGET or MAC in VM NIC`` (recorded: attach_nic_edges, VM 42)."""
+    nic = re.sub(f"<{name}>[^<]*</{name}>", f"<{name}/>", NIC.replace("NIC>", f"{kind}>"))
     assert build(request("ATTACHNIC", message_xml(nic + CONTEXT))) == immediate(
         "ATTACHNIC", "Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
+
+
+@pytest.mark.parametrize("kind", ["NIC", "PCI"])
+@pytest.mark.parametrize("name", ["VN_MAD", "BRIDGE", "TARGET", "MAC"])
+def test_attach_nic_absent_value_is_an_empty_argument(kind: str, name: str) -> None:
+    """An absent element is nil, passed as ``''`` (a PCI passthrough NIC has no TARGET:
+    recorded in attach_nic_pci)."""
+    nic = re.sub(f"<{name}>[^<]*</{name}>", "", NIC.replace("NIC>", f"{kind}>"))
+    plan = plan_of("ATTACHNIC", message_xml(nic + CONTEXT))
+    values = {"MAC": MAC, "BRIDGE": "br0", "VN_MAD": "bridge", "TARGET": "one-42-0", name: ""}
+    assert plan.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, values["MAC"],
+                                 values["BRIDGE"], "virtio", values["VN_MAD"], values["TARGET"])
+    assert plan.steps[2].fail_actions == (step("vmm", "detach_nic", DEPLOY_ID, values["MAC"]),)
+
+
+def test_attach_nic_with_nothing_attached_runs_the_alias_steps() -> None:
+    """No NIC, PCI or NIC_ALIAS marked ATTACH: the original takes the alias branch with
+    nil values (recorded: attach_nic_edges, VM 45)."""
+    nic = NIC.replace("<ATTACH>YES</ATTACH>", "")
+    plan = plan_of("ATTACHNIC", message_xml(nic + CONTEXT, TM_COMMAND=CONTEXT_TM))
+    assert [s.label for s in plan.steps] == ["vnm:pre", "vnm:post", "vmm:prereconfigure",
+                                             "tm:tm_context", "vmm:reconfigure"]
+    assert plan.steps[2].fail_actions == (step("vmm", "detach_nic", DEPLOY_ID, ""),)
+
+
+def test_attach_nic_empty_model_is_a_dash() -> None:
+    """``<MODEL/>``: nil text, so ``-`` like an absent MODEL (attach_nic_edges, VM 46)."""
+    plan = plan_of("ATTACHNIC", message_xml(NIC.replace("<MODEL>virtio</MODEL>", "<MODEL/>")
+                                            + CONTEXT))
+    assert plan.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, MAC, "br0", "-", "bridge",
+                                 "one-42-0")
 
 
 def test_detach_nic() -> None:
