@@ -833,6 +833,17 @@ def test_backup_without_lcm_state_is_an_action_error() -> None:
         build(request("BACKUP", message_xml(lcm_state=None, TM_COMMAND=BACKUP_TM)))
 
 
+@pytest.mark.parametrize("action", ["BACKUP", "BACKUPCANCEL"])
+def test_backup_one_word_tm_command_is_an_action_error(action: str) -> None:
+    """A one-word TM_COMMAND: Ruby's ``concat(words[2..-1])`` got nil and the thread died
+    (recorded: crash_no_answer_steps); two words leave no arguments, which is fine."""
+    with pytest.raises(ActionError, match="malformed TM_COMMAND"):
+        build(request(action, message_xml(TM_COMMAND=action)))
+    plan = build(request(action, message_xml(TM_COMMAND=f"{action} ssh")))
+    assert isinstance(plan, Plan)
+    assert plan.steps[-1 if action == "BACKUPCANCEL" else 1].parameters[2:] == ()
+
+
 def test_backup_cancel() -> None:
     """One ds step: ``BACKUP_CANCEL DS_MAD`` and the TM arguments after the driver."""
     tm = f"BACKUP_CANCEL ssh {DS} one-42 42 0"

@@ -569,6 +569,8 @@ def backup_cancel(req: BuildRequest) -> ActionPlan:
     tm_command = ensure_xpath(req, "TM_COMMAND")
     bck_mad = ensure_xpath(req, "DATASTORE/DS_MAD")
     tm = rubyisms.split_words(tm_command)
+    if len(tm) < 2:  # Ruby's concat(tm[2..-1]) of nil raised: the thread died unanswered
+        raise ActionError(f"Cannot perform BACKUPCANCEL: malformed TM_COMMAND {tm_command!r}")
     ds_command = ["BACKUP_CANCEL", bck_mad] + tm[2:]
     vm_xml = req.message.element_xml("/VMM_DRIVER_ACTION_DATA/VM")
     return plan(req, "backup_cancel", [
