@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Tuple
 from xml.sax.saxutils import escape
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vmm_exec import rubyisms
 from vmm_exec.actions import ACTIONS, build
@@ -734,6 +736,38 @@ def test_attach_nic_empty_model_is_a_dash() -> None:
                                             + CONTEXT))
     assert plan.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, MAC, "br0", "-", "bridge",
                                  "one-42-0")
+
+
+NIC_VALUES = {"BRIDGE": " br0\n", "MAC": MAC + " ", "TARGET": "one-42-9", "VN_MAD": "\tbridge",
+              "MODEL": " e1000 "}
+
+
+@given(kind=st.sampled_from(["NIC", "PCI", "NIC_ALIAS"]),
+       states=st.fixed_dictionaries({name: st.sampled_from(["absent", "empty", "value"])
+                                     for name in NIC_VALUES}))
+def test_attach_nic_values_follow_the_ruby_nil_rules(kind: str, states: Dict[str, str]) -> None:
+    """Any mix of absent, text-less and valued BRIDGE/MAC/TARGET/VN_MAD/MODEL, on any
+    device kind: a text-less one of the four is the "Missing ..." answer; otherwise an
+    absent one is an empty argument, values are stripped, MODEL defaults to ``-``."""
+    body = "".join({"absent": "", "empty": f"<{n}/>", "value": f"<{n}>{escape(v)}</{n}>"}[
+        states[n]] for n, v in NIC_VALUES.items())
+    xml = message_xml(f"<{kind}><ATTACH>YES</ATTACH>{body}</{kind}>" + CONTEXT)
+    got = build(request("ATTACHNIC", xml))
+    if any(states[n] == "empty" for n in ("BRIDGE", "MAC", "TARGET", "VN_MAD")):
+        assert got == immediate("ATTACHNIC", "Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
+        return
+    value = {n: v.strip() if states[n] == "value" else "" for n, v in NIC_VALUES.items()}
+    assert isinstance(got, Plan)
+    detach = (step("vmm", "detach_nic", DEPLOY_ID, value["MAC"]),)
+    if kind == "NIC_ALIAS":
+        assert [s.label for s in got.steps[:2]] == ["vnm:pre", "vnm:post"]
+    else:
+        assert got.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, value["MAC"],
+                                    value["BRIDGE"], value["MODEL"] or "-", value["VN_MAD"],
+                                    value["TARGET"])
+        assert got.steps[2].fail_actions == detach
+    prereconfigure = next(s for s in got.steps if s.label == "vmm:prereconfigure")
+    assert prereconfigure.fail_actions == detach
 
 
 def test_detach_nic() -> None:
