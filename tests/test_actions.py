@@ -10,12 +10,15 @@ steps in the Ruby order with their parameters, fail actions, ``no_fail`` and
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from xml.sax.saxutils import escape
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vmm_exec import rubyisms
 from vmm_exec.actions import ACTIONS, build
@@ -644,11 +647,11 @@ def test_cleanup_missing_element_is_an_action_error(missing: str) -> None:
                                                  missing: None})))
 
 
-def test_cleanup_with_an_empty_tm_command_is_an_action_error() -> None:
-    """``<TM_COMMAND/>``: Ruby's ``nil.each_line`` killed the thread before any step;
-    answering SUCCESS would tell oned the disks were deleted."""
-    with pytest.raises(ActionError, match="TM_COMMAND is empty"):
-        build(request("CLEANUP", message_xml(TM_COMMAND="")))
+def test_cleanup_with_an_empty_tm_command_deletes_nothing() -> None:
+    """``<TM_COMMAND/>``: ``if tm_command`` guards ``each_line``, so the original cancels
+    and cleans and answers SUCCESS without any tm_delete (recorded: cleanup_variants)."""
+    plan = plan_of("CLEANUP", message_xml(TM_COMMAND=""))
+    assert [s.label for s in plan.steps] == ["vmm:cancel", "vnm:clean"]
 
 
 # ---------------------------------------------------------------------------
@@ -694,15 +697,77 @@ def test_attach_nic_prefers_the_nic_and_defaults_the_model() -> None:
                                              "vmm:prereconfigure", "vmm:reconfigure"]
 
 
-@pytest.mark.parametrize("kind, name", [("NIC", n) for n in ("VN_MAD", "BRIDGE", "TARGET", "MAC")]
-                         + [("NIC_ALIAS", n) for n in ("VN_MAD", "BRIDGE", "MAC")])
-def test_attach_nic_missing_value_is_answered_at_once(kind: str, name: str) -> None:
-    """The original's ``Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC``."""
-    nic = NIC.replace("NIC>", f"{kind}>")
-    for element in (f"<{name}>", f"</{name}>"):
-        nic = nic.replace(element, "<X>" if element[1] != "/" else "</X>", 1)
+@pytest.mark.parametrize("kind", ["NIC", "PCI", "NIC_ALIAS"])
+@pytest.mark.parametrize("name", ["VN_MAD", "BRIDGE", "TARGET", "MAC"])
+def test_attach_nic_empty_value_is_answered_at_once(kind: str, name: str) -> None:
+    """An element without text (``nil.strip``): the original's ``Missing VN_MAD, BRIDGE,
+    TARGET or MAC in VM NIC`` (recorded: attach_nic_edges, VM 42)."""
+    nic = re.sub(f"<{name}>[^<]*</{name}>", f"<{name}/>", NIC.replace("NIC>", f"{kind}>"))
     assert build(request("ATTACHNIC", message_xml(nic + CONTEXT))) == immediate(
         "ATTACHNIC", "Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
+
+
+@pytest.mark.parametrize("kind", ["NIC", "PCI"])
+@pytest.mark.parametrize("name", ["VN_MAD", "BRIDGE", "TARGET", "MAC"])
+def test_attach_nic_absent_value_is_an_empty_argument(kind: str, name: str) -> None:
+    """An absent element is nil, passed as ``''`` (a PCI passthrough NIC has no TARGET:
+    recorded in attach_nic_pci)."""
+    nic = re.sub(f"<{name}>[^<]*</{name}>", "", NIC.replace("NIC>", f"{kind}>"))
+    plan = plan_of("ATTACHNIC", message_xml(nic + CONTEXT))
+    values = {"MAC": MAC, "BRIDGE": "br0", "VN_MAD": "bridge", "TARGET": "one-42-0", name: ""}
+    assert plan.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, values["MAC"],
+                                 values["BRIDGE"], "virtio", values["VN_MAD"], values["TARGET"])
+    assert plan.steps[2].fail_actions == (step("vmm", "detach_nic", DEPLOY_ID, values["MAC"]),)
+
+
+def test_attach_nic_with_nothing_attached_runs_the_alias_steps() -> None:
+    """No NIC, PCI or NIC_ALIAS marked ATTACH: the original takes the alias branch with
+    nil values (recorded: attach_nic_edges, VM 45)."""
+    nic = NIC.replace("<ATTACH>YES</ATTACH>", "")
+    plan = plan_of("ATTACHNIC", message_xml(nic + CONTEXT, TM_COMMAND=CONTEXT_TM))
+    assert [s.label for s in plan.steps] == ["vnm:pre", "vnm:post", "vmm:prereconfigure",
+                                             "tm:tm_context", "vmm:reconfigure"]
+    assert plan.steps[2].fail_actions == (step("vmm", "detach_nic", DEPLOY_ID, ""),)
+
+
+def test_attach_nic_empty_model_is_a_dash() -> None:
+    """``<MODEL/>``: nil text, so ``-`` like an absent MODEL (attach_nic_edges, VM 46)."""
+    plan = plan_of("ATTACHNIC", message_xml(NIC.replace("<MODEL>virtio</MODEL>", "<MODEL/>")
+                                            + CONTEXT))
+    assert plan.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, MAC, "br0", "-", "bridge",
+                                 "one-42-0")
+
+
+NIC_VALUES = {"BRIDGE": " br0\n", "MAC": MAC + " ", "TARGET": "one-42-9", "VN_MAD": "\tbridge",
+              "MODEL": " e1000 "}
+
+
+@given(kind=st.sampled_from(["NIC", "PCI", "NIC_ALIAS"]),
+       states=st.fixed_dictionaries({name: st.sampled_from(["absent", "empty", "value"])
+                                     for name in NIC_VALUES}))
+def test_attach_nic_values_follow_the_ruby_nil_rules(kind: str, states: Dict[str, str]) -> None:
+    """Any mix of absent, text-less and valued BRIDGE/MAC/TARGET/VN_MAD/MODEL, on any
+    device kind: a text-less one of the four is the "Missing ..." answer; otherwise an
+    absent one is an empty argument, values are stripped, MODEL defaults to ``-``."""
+    body = "".join({"absent": "", "empty": f"<{n}/>", "value": f"<{n}>{escape(v)}</{n}>"}[
+        states[n]] for n, v in NIC_VALUES.items())
+    xml = message_xml(f"<{kind}><ATTACH>YES</ATTACH>{body}</{kind}>" + CONTEXT)
+    got = build(request("ATTACHNIC", xml))
+    if any(states[n] == "empty" for n in ("BRIDGE", "MAC", "TARGET", "VN_MAD")):
+        assert got == immediate("ATTACHNIC", "Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
+        return
+    value = {n: v.strip() if states[n] == "value" else "" for n, v in NIC_VALUES.items()}
+    assert isinstance(got, Plan)
+    detach = (step("vmm", "detach_nic", DEPLOY_ID, value["MAC"]),)
+    if kind == "NIC_ALIAS":
+        assert [s.label for s in got.steps[:2]] == ["vnm:pre", "vnm:post"]
+    else:
+        assert got.steps[1] == step("vmm", "attach_nic", DEPLOY_ID, value["MAC"],
+                                    value["BRIDGE"], value["MODEL"] or "-", value["VN_MAD"],
+                                    value["TARGET"])
+        assert got.steps[2].fail_actions == detach
+    prereconfigure = next(s for s in got.steps if s.label == "vmm:prereconfigure")
+    assert prereconfigure.fail_actions == detach
 
 
 def test_detach_nic() -> None:
@@ -800,6 +865,17 @@ def test_backup_without_lcm_state_is_an_action_error() -> None:
     """No LCM_STATE crashed the Ruby thread."""
     with pytest.raises(ActionError, match="LCM_STATE"):
         build(request("BACKUP", message_xml(lcm_state=None, TM_COMMAND=BACKUP_TM)))
+
+
+@pytest.mark.parametrize("action", ["BACKUP", "BACKUPCANCEL"])
+def test_backup_one_word_tm_command_is_an_action_error(action: str) -> None:
+    """A one-word TM_COMMAND: Ruby's ``concat(words[2..-1])`` got nil and the thread died
+    (recorded: crash_no_answer_steps); two words leave no arguments, which is fine."""
+    with pytest.raises(ActionError, match="malformed TM_COMMAND"):
+        build(request(action, message_xml(TM_COMMAND=action)))
+    plan = build(request(action, message_xml(TM_COMMAND=f"{action} ssh")))
+    assert isinstance(plan, Plan)
+    assert plan.steps[-1 if action == "BACKUPCANCEL" else 1].parameters[2:] == ()
 
 
 def test_backup_cancel() -> None:

@@ -546,10 +546,9 @@ class Request:
         self._done()
 
     def _migrate(self) -> None:
-        tm = text_of(self.tm_command)
-        if tm is None:
-            self.expect_success = False
-            return
+        # an element without text: no delete, SUCCESS (``if tm_command``; recorded in
+        # compat/scenarios/cleanup_variants)
+        tm = text_of(self.tm_command) or ""
         d, h, m = self.deploy_id, self.host, self.migr_host or self.host
         vm64 = b64(self.vm_xml)
         fail = self.tm(rsplit("FAIL" + tm), vm64)
@@ -654,10 +653,9 @@ class Request:
         self._done()
 
     def _cleanup(self) -> None:
-        tm = text_of(self.tm_command)
-        if tm is None:
-            self.expect_success = False
-            return
+        # an element without text: no delete, SUCCESS (``if tm_command``; recorded in
+        # compat/scenarios/cleanup_variants)
+        tm = text_of(self.tm_command) or ""
         d, h, m = self.deploy_id, self.host, self.migr_host
         if d:
             self._need(self.vmm("cancel", [d, h]))

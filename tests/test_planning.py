@@ -81,7 +81,9 @@ def failing(action: str, tmp_path: Path) -> str:
     if action == "ATTACHDISK":
         return xml.replace(xml[xml.index("<TM_COMMAND>"):xml.index("</TM_COMMAND>")],
                            "<TM_COMMAND>")
-    if action in ("ATTACHNIC", "DETACHNIC"):
+    if action == "ATTACHNIC":  # an element without text (an absent one is '')
+        return xml.replace("<MAC>02:00:0a:00:00:2a</MAC>", "<MAC/>")
+    if action == "DETACHNIC":
         return xml.replace("<MAC>02:00:0a:00:00:2a</MAC>", "")
     if action == "DEPLOY":
         empty = tmp_path / "empty.0"

@@ -373,10 +373,6 @@ def cleanup(req: BuildRequest) -> ActionPlan:
     mhost = required_text(req, "MIGR_HOST")
     deploy_id = required_text(req, "DEPLOY_ID")
     require_vm(req)
-    if tm_command is None:
-        # Ruby's tm_command.each_line on nil: its thread died unanswered; answering
-        # SUCCESS would tell oned the disks are gone
-        raise ActionError("Cannot perform CLEANUP: the request's TM_COMMAND is empty")
     steps: List[Step] = []
 
     # Cancel the VM at host (only if we have a valid deploy-id)
@@ -390,7 +386,7 @@ def cleanup(req: BuildRequest) -> ActionPlan:
                           no_fail=True))
         steps.append(step("vnm", "clean", HOST, destination=True, no_fail=True))
 
-    # Cleans VM disk images and directory
+    # Cleans VM disk images and directory (an empty TM_COMMAND element: nothing to delete)
     for line in rubyisms.each_line(tm_command or ""):
         line = rubyisms.strip(line)
         if line:
@@ -419,18 +415,27 @@ def _reconfigure_steps(req: BuildRequest, target_device: Optional[str],
     return steps
 
 
+def _nic_value(req: BuildRequest, path: str) -> str:
+    """``elem.text.strip if elem`` of ``attach_nic``: an absent element is nil, which
+    reaches the script as an empty argument (a PCI NIC has no TARGET, an alias no
+    TARGET or MODEL); an element without text raised NoMethodError, which the
+    original rescued into its "Missing ..." answer."""
+    if req.message.element(path) is None:
+        return ""
+    value = text(req, path)
+    if value is None:
+        raise Precondition("Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
+    return rubyisms.strip(value)
+
+
 def attach_nic(req: BuildRequest) -> ActionPlan:
+    """``attach_nic``: the device is the NIC, else the PCI passthrough NIC, else the
+    NIC alias marked ATTACH (none of them marked: the alias steps with empty values)."""
     target_path = text(req, "DISK_TARGET_PATH")
     target_device = text(req, "VM/TEMPLATE/CONTEXT/TARGET")
     base, nic_alias = _nic_template(req)
-    values = {}
-    # a NIC alias has no device of its own: no TARGET (the recorded driver accepts that)
-    required = ("BRIDGE", "MAC", "VN_MAD") if nic_alias else ("BRIDGE", "MAC", "TARGET", "VN_MAD")
-    for name in required:
-        value = text(req, f"{base}/{name}")
-        if value is None:
-            raise Precondition("Missing VN_MAD, BRIDGE, TARGET or MAC in VM NIC")
-        values[name] = rubyisms.strip(value)
+    values = {name: _nic_value(req, f"{base}/{name}")
+              for name in ("BRIDGE", "MAC", "TARGET", "VN_MAD")}
     model = text(req, f"{base}/MODEL")
     model = "-" if model is None else rubyisms.strip(model)
     mac = values["MAC"]
@@ -564,6 +569,8 @@ def backup_cancel(req: BuildRequest) -> ActionPlan:
     tm_command = ensure_xpath(req, "TM_COMMAND")
     bck_mad = ensure_xpath(req, "DATASTORE/DS_MAD")
     tm = rubyisms.split_words(tm_command)
+    if len(tm) < 2:  # Ruby's concat(tm[2..-1]) of nil raised: the thread died unanswered
+        raise ActionError(f"Cannot perform BACKUPCANCEL: malformed TM_COMMAND {tm_command!r}")
     ds_command = ["BACKUP_CANCEL", bck_mad] + tm[2:]
     vm_xml = req.message.element_xml("/VMM_DRIVER_ACTION_DATA/VM")
     return plan(req, "backup_cancel", [
