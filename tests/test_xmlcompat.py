@@ -438,8 +438,8 @@ def test_scenario_journal_matches() -> None:
             options = []
             for r in roots:
                 found = r.find(element)
-                assert found is not None
-                s = found.to_s()
+                # an absent element (DEPLOY without DATASTORE): Ruby writes nil.to_s
+                s = found.to_s() if found is not None else ""
                 # remote: cat - > file (here-doc adds "\n"); -l deploy: strict base64
                 options += [s + "\n", rubyisms.strict_encode64(s.encode("utf-8"))]
             ok = any(_blob_matches(recorded, o, "content") for o in options)
