@@ -46,6 +46,9 @@ from e2e.kit import World, remote_script_paths  # noqa: E402
 from testbed import Testbed, Unavailable, host_names  # noqa: E402
 
 TRANSPORTS = ("openssh", "openssh-cm", "paramiko")
+# the Ruby driver, where an OpenNebula tree with it is installed (--ruby DIR)
+RUBY_TRANSPORTS = ("ruby", "ruby-cm")
+RUBY_DEFAULT = "/var/tmp/vmm_exec-oned"
 MIXES = {
     "deploy": {"DEPLOY": 1},
     "shutdown": {"SHUTDOWN": 1},
@@ -206,10 +209,10 @@ class Driver:
     """The driver process with a lean reader: answer lines and their arrival times
     (the simulated oned keeps a full transcript, too costly for thousands)."""
 
-    def __init__(self, args: str, env: Dict[str, str], cwd: str) -> None:
+    def __init__(self, args: str, env: Dict[str, str], cwd: str,
+                 command: Sequence[str] = (sys.executable, "-m", "vmm_exec")) -> None:
         env = dict(env, PYTHONPATH=str(ROOT))
-        argv = ["/bin/sh", "-c", 'exec 2>&- "$@"', "sh", sys.executable, "-m", "vmm_exec",
-                args]
+        argv = ["/bin/sh", "-c", 'exec 2>&- "$@"', "sh", *command, args]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      cwd=cwd, env=env, start_new_session=True)
         self.answers: Dict[str, List[Tuple[str, str, float]]] = {}
@@ -312,15 +315,23 @@ def requests(world: World, hosts: Sequence[str], vms: int, mix: Dict[str, int],
 
 def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms: int,
           mix: Dict[str, int], threads: int, extra: str, cm_bin: str, first_vm: int,
-          timeout: float, profile: Optional[str]) -> Result:
+          timeout: float, profile: Optional[str], cprofile: Optional[str]) -> Result:
     env = world.driver_env()
     option = "--transport paramiko" if transport == "paramiko" else "--transport openssh"
-    if transport == "openssh-cm":
+    command: Sequence[str] = (sys.executable, "-m", "vmm_exec")
+    if transport.startswith("ruby"):
+        option, extra = "", ""
+        command = (os.path.join(world.one, "lib", "mads", "one_vmm_exec"),)
+        env["RUBYLIB"] = os.path.join(world.one, "lib", "ruby")
+    elif cprofile:
+        command = (sys.executable, str(ROOT / "benchmarks" / "profile_driver.py"))
+        env["VMM_PROFILE_OUT"] = os.path.join(cprofile, f"{transport}.prof")
+    if transport.endswith("-cm"):
         env["PATH"] = cm_bin + os.pathsep + env["PATH"]
     env.pop("ONE_MAD_DEBUG", None)
-    args = f"{option} {extra} -t {threads} -r 0 kvm".replace("  ", " ")
+    args = " ".join(f"{option} {extra} -t {threads} -r 0 kvm".split())
     work = requests(world, hosts, vms, mix, first_vm)
-    driver = Driver(args, env, world.var)
+    driver = Driver(args, env, world.var, command)
     sampler: Optional[Sampler] = None
     spy: Optional[subprocess.Popen[bytes]] = None
     try:
@@ -370,7 +381,7 @@ def start_spy(pid: int, output: str) -> Optional[subprocess.Popen[bytes]]:
         print("(py-spy not installed: no profile)")
         return None
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw",
-                             "--rate", "200", "--threads", "--output", output],
+                             "--rate", "250", "--threads", "--output", output],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -411,7 +422,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--vms", type=int, default=200)
     parser.add_argument("--mix", choices=sorted(MIXES), default="deploy")
-    parser.add_argument("--transport", choices=(*TRANSPORTS, "all"), default="all")
+    parser.add_argument("--transport", choices=(*TRANSPORTS, *RUBY_TRANSPORTS, "all"),
+                        action="append", help="repeatable; default: all (of this port)")
+    parser.add_argument("--ruby", metavar="DIR", default=RUBY_DEFAULT,
+                        help="an OpenNebula tree with lib/mads/one_vmm_exec.rb, for the "
+                             "ruby and ruby-cm transports (default %(default)s)")
     parser.add_argument("--threads", type=int, default=15)
     parser.add_argument("--driver-args", default="",
                         help="extra driver options, e.g. '--ssh-pool 8'")
@@ -419,11 +434,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds to wait for the answers of one storm")
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw profiles here")
+    parser.add_argument("--cprofile", metavar="DIR",
+                        help="run the driver under benchmarks/profile_driver.py (cProfile, "
+                             "CPU time, every thread): DIR/<transport>.prof")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("storm.py starts sshds and needs root", file=sys.stderr)
         return 2
-    transports = TRANSPORTS if args.transport == "all" else (args.transport,)
+    chosen = args.transport or ["all"]
+    transports = [t for c in chosen for t in (TRANSPORTS if c == "all" else (c,))]
     names = host_names(args.hosts)
     with tempfile.TemporaryDirectory(prefix="storm-remotes-") as tree:
         os.chmod(tree, 0o755)
@@ -439,8 +458,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             shutil.rmtree(world.remotes)
             shutil.copytree(tree, world.remotes)
             cm_bin = controlmaster_bin(bed, os.path.join(world.root, "cm-client"))
-            if args.profile:
-                os.makedirs(args.profile, exist_ok=True)
+            if any(t.startswith("ruby") for t in transports):
+                for part in ("lib", "share"):
+                    os.symlink(os.path.join(args.ruby, part), os.path.join(world.one, part))
+            for where in (args.profile, args.cprofile):
+                if where:
+                    os.makedirs(where, exist_ok=True)
             print(f"machine: {machine()}")
             print(f"storm: {args.vms} VMs ({args.mix}) on {args.hosts} hosts, "
                   f"-t {args.threads} -r 0 kvm {args.driver_args}".rstrip())
@@ -455,7 +478,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for number, transport in enumerate(transports):
                 result = storm(world, bed, transport, names, args.vms, MIXES[args.mix],
                                args.threads, args.driver_args, cm_bin,
-                               1000 + number * args.vms, args.timeout, args.profile)
+                               1000 + number * args.vms, args.timeout, args.profile,
+                               args.cprofile)
                 if transport == "openssh-cm":
                     stop_masters(cm_bin, names)
                 report(result, args.threads)
