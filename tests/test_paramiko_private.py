@@ -92,6 +92,8 @@ def test_the_private_names_exist() -> None:
     assert callable(getattr(paramiko.Transport, "_send_user_message", None))
     assert isinstance(cMSG_CHANNEL_REQUEST, bytes) and len(cMSG_CHANNEL_REQUEST) == 1
     assert callable(getattr(chan.in_buffer, "set_event", None))
+    # Channel.out_window_size: what the server's window still takes (0 until opened)
+    assert _private.send_window(chan) == 0 and isinstance(chan.out_window_size, int)
     # Transport.remote_version: the server's banner, "" until read
     source = inspect.getsource(paramiko.Transport.__init__)
     assert "self.remote_version" in source

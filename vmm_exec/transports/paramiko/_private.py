@@ -20,6 +20,7 @@ What we rely on (paramiko 3.x to 5.x):
 * ``Channel.in_buffer`` / ``in_stderr_buffer``, whose ``set_event`` sets the
   event when data or the end arrives;
 * ``Transport.remote_version``: the server's banner, once it has been read.
+* ``Channel.out_window_size``: bytes the server still accepts on a channel;
 * ``Transport.completion_event``: set by the transport thread when the answer to a
   global request arrives (success or failure); ``cMSG_GLOBAL_REQUEST``.
 """
@@ -107,3 +108,9 @@ def send_keepalive(transport: paramiko.Transport) -> threading.Event:
     transport.completion_event = event
     transport._send_user_message(message)  # type: ignore[attr-defined]
     return event
+
+
+def send_window(chan: paramiko.Channel) -> int:
+    """Bytes the server's window still accepts on ``chan`` (a send up to that much
+    does not wait for a window adjustment)."""
+    return int(getattr(chan, "out_window_size", 0))
