@@ -381,7 +381,7 @@ def start_spy(pid: int, output: str) -> Optional[subprocess.Popen[bytes]]:
         print("(py-spy not installed: no profile)")
         return None
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw",
-                             "--rate", "250", "--threads", "--output", output],
+                             "--rate", "1000", "--gil", "--threads", "--output", output],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
