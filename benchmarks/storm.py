@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from e2e.kit import World, remote_script_paths  # noqa: E402
-from testbed import Testbed, Unavailable, host_names  # noqa: E402
+from testbed import Testbed, Unavailable  # noqa: E402
 
 TRANSPORTS = ("openssh", "openssh-cm", "paramiko")
 # the Ruby driver, where an OpenNebula tree with it is installed (--ruby DIR)
@@ -217,6 +217,7 @@ class Driver:
                                      cwd=cwd, env=env, start_new_session=True)
         self.answers: Dict[str, List[Tuple[str, str, float]]] = {}
         self.count = 0
+        self.failures: List[str] = []
         self.cond = threading.Condition()
         self.eof = False
         self.reader = threading.Thread(target=self._read, daemon=True, name="reader")
@@ -228,6 +229,8 @@ class Driver:
             words = raw.decode("utf-8", "replace").split(" ", 3)
             if len(words) >= 3 and words[0] != "LOG" and words[1] in ("SUCCESS", "FAILURE"):
                 now = time.monotonic()
+                if words[1] == "FAILURE" and len(words) > 3:
+                    self.failures.append(words[3].strip()[:200])
                 with self.cond:
                     self.answers.setdefault(words[2], []).append((words[0], words[1], now))
                     self.count += 1
@@ -281,6 +284,7 @@ class Result:
     rss_kib: int
     peaks: Peaks
     latencies: List[float] = field(default_factory=list)
+    reasons: List[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -323,6 +327,8 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
         option, extra = "", ""
         command = (os.path.join(world.one, "lib", "mads", "one_vmm_exec"),)
         env["RUBYLIB"] = os.path.join(world.one, "lib", "ruby")
+    elif os.environ.get("DBG_OUT"):
+        command = (sys.executable, "/tmp/dbg_driver.py")
     elif cprofile:
         command = (sys.executable, str(ROOT / "benchmarks" / "profile_driver.py"))
         env["VMM_PROFILE_OUT"] = os.path.join(cprofile, f"{transport}.prof")
@@ -372,7 +378,8 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
     failures = sum(1 for items in answers.values() for item in items if item[1] != "SUCCESS")
     return Result(transport, vms, len(hosts), elapsed, sum(map(len, answers.values())),
                   exactly_once, failures, cpu1 - cpu0, children1 - children0, rss,
-                  sampler.peaks if sampler else Peaks(), latencies)
+                  sampler.peaks if sampler else Peaks(), latencies,
+                  sorted(set(driver.failures))[:3])
 
 
 def start_spy(pid: int, output: str) -> Optional[subprocess.Popen[bytes]]:
@@ -415,6 +422,8 @@ def report(result: Result, threads: int) -> None:
           f"answers {result.answered}/{result.vms}"
           f"{' once each' if result.exactly_once else ' NOT once each'}"
           f"{f', {result.failures} FAILURE' if result.failures else ''}")
+    for reason in result.reasons:
+        print(f"      FAILURE: {reason}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -443,7 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     chosen = args.transport or ["all"]
     transports = [t for c in chosen for t in (TRANSPORTS if c == "all" else (c,))]
-    names = host_names(args.hosts)
+    # not host_names(): the corpus payloads' VM id 42 is replaced everywhere it stands
+    # alone, so a host called host42 would become host1041
+    names = tuple(f"h{index:03d}" for index in range(1, args.hosts + 1))
     with tempfile.TemporaryDirectory(prefix="storm-remotes-") as tree:
         os.chmod(tree, 0o755)
         trivial_remotes(tree)

@@ -79,10 +79,10 @@ class Watched:
             self.peak_alive = max(self.peak_alive, self.alive)
         close = conn.close
 
-        def closing() -> None:
+        def closing(wait: float = 0.0) -> None:
             with self.lock:
                 self.alive -= 1
-            close()
+            close(wait)
 
         conn.close = closing  # type: ignore[method-assign]
         return conn

@@ -22,6 +22,7 @@ from typing import Any, Optional, Union, cast
 import paramiko
 
 import vmm_exec.transports.paramiko._private as _private
+import vmm_exec.transports.paramiko.alarms as alarms
 from vmm_exec.cancel import Cancelled
 from vmm_exec.transports.paramiko.config import HostSettings
 
@@ -266,9 +267,7 @@ def connect(settings: HostSettings, deadline: Deadline, attempt: Attempt) -> par
     # paramiko's own waits get a little more: the timer below ends the attempt first
     slack = limit + 1.0
     until = time.monotonic() + limit
-    timer = threading.Timer(limit, attempt.abort, (EXPIRED,))
-    timer.daemon = True
-    timer.start()
+    timer = alarms.schedule(limit, attempt.abort, EXPIRED)  # no thread per attempt
     client: Optional[paramiko.SSHClient] = None
     endpoint: Optional[_Endpoint] = None
     try:

@@ -92,6 +92,8 @@ MAX_HANDSHAKES = 4
 IDLE_TIMEOUT = 60.0
 # with the pool full and nothing idle to close, how long to wait before going over
 FULL_WAIT = 1.0
+# how long a connection closed to make room may take to be gone (its thread ended)
+EVICT_WAIT = 0.5
 
 
 class Connection:
@@ -125,9 +127,15 @@ class Connection:
             return line(f"Timeout, server {self.settings.hostname} not responding.")
         return line(f"Connection to {self.settings.hostname} closed by remote host.")
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Close the connection; ``wait``: also wait that long at most for paramiko's
+        thread to end (it notices within its 0.1 s read timeout), so that a
+        connection closed to make room is gone before its successor starts."""
+        transport = self.transport
         self.keepalive.stop()
         close_quietly(self.client)
+        if wait > 0 and transport is not None and transport is not threading.current_thread():
+            transport.join(wait)
 
 
 @dataclass
@@ -352,7 +360,10 @@ class Pool:
                 self._total += 1  # counted from now: others see the pool as it will be
         finally:
             for conn in doomed:
-                conn.close()
+                try:
+                    conn.close(wait=EVICT_WAIT)
+                except Exception:  # noqa: BLE001 - the slot counted above must reach _add
+                    pass
         return self._add(host, state, deadline, scope)
 
     def _add(self, host: str, state: _Host, deadline: Deadline,
