@@ -327,8 +327,6 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
         option, extra = "", ""
         command = (os.path.join(world.one, "lib", "mads", "one_vmm_exec"),)
         env["RUBYLIB"] = os.path.join(world.one, "lib", "ruby")
-    elif os.environ.get("DBG_OUT"):
-        command = (sys.executable, "/tmp/dbg_driver.py")
     elif cprofile:
         command = (sys.executable, str(ROOT / "benchmarks" / "profile_driver.py"))
         env["VMM_PROFILE_OUT"] = os.path.join(cprofile, f"{transport}.prof")
