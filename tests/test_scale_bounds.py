@@ -89,9 +89,9 @@ class Watched:
 
 
 def paramiko_threads() -> List[threading.Thread]:
-    """paramiko's transport threads and our keepalive/janitor threads, still running."""
+    """paramiko's transport threads and our keepalive and alarm threads, still running."""
     return [t for t in threading.enumerate()
-            if isinstance(t, paramiko.Transport) or t.name in ("keepalives", "pool janitor")]
+            if isinstance(t, paramiko.Transport) or t.name in ("keepalives", "alarms")]
 
 
 def test_pool_connections_handshakes_and_idle_threads_are_bounded(

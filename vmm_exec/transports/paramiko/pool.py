@@ -51,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import paramiko
 
+import vmm_exec.transports.paramiko.alarms as alarms
 from vmm_exec.cancel import Cancelled, CancelScope
 from vmm_exec.transports.paramiko.config import HostSettings
 from vmm_exec.transports.paramiko.connect import (
@@ -203,7 +204,7 @@ class Pool:
         self._idle: OrderedDict[Connection, float] = OrderedDict()
         self._total = 0        # pooled connections, set up or being set up
         self._handshakes = 0   # connections being set up now
-        self._janitor: Optional[threading.Thread] = None
+        self._sweep_alarm: Optional[alarms.Alarm] = None
         self._closed = False
 
     # -- counting (lock held) --------------------------------------------------
@@ -220,10 +221,8 @@ class Pool:
         if conn.reserved == 0 and not conn.retired:
             self._idle[conn] = time.monotonic()
             self._idle.move_to_end(conn)
-            if self._janitor is None and not self._closed:
-                self._janitor = threading.Thread(target=self._sweep, daemon=True,
-                                                 name="pool janitor")
-                self._janitor.start()
+            if self._sweep_alarm is None and not self._closed:
+                self._sweep_alarm = alarms.schedule(self.idle_timeout, self._sweep)
 
     def _evict(self, keep: int) -> List[Connection]:
         """Take idle connections out, least recently used first, until at most ``keep``
@@ -246,33 +245,28 @@ class Pool:
             del self._hosts[host]
 
     def _sweep(self) -> None:
-        """The janitor: closes connections idle for ``idle_timeout``; it runs only
-        while some connection is idle."""
-        while True:
-            doomed: List[Connection] = []
-            with self._cond:
-                now = time.monotonic()
-                while self._idle:
-                    conn, since = next(iter(self._idle.items()))
-                    if now - since < self.idle_timeout:
-                        break
-                    self._idle.popitem(last=False)
-                    state = self._hosts.get(conn.host)
-                    if state is not None and conn in state.connections:
-                        self._remove(state, conn)
-                        self._forget_if_empty(conn.host, state)
-                    doomed.append(conn)
-                if not self._idle or self._closed:
-                    self._janitor = None
-                    pause = 0.0
-                else:
-                    pause = self.idle_timeout - (now - next(iter(self._idle.values())))
-            for conn in doomed:
-                conn.close()
-            if pause <= 0:
-                return
-            with self._cond:
-                self._cond.wait(max(0.05, min(pause, 5.0)))
+        """Close the connections idle for ``idle_timeout`` (an alarm: no thread of its
+        own, and none at all while nothing is idle); again when the next one is due."""
+        doomed: List[Connection] = []
+        with self._cond:
+            self._sweep_alarm = None
+            now = time.monotonic()
+            while self._idle:
+                conn, since = next(iter(self._idle.items()))
+                if now - since < self.idle_timeout:
+                    break
+                self._idle.popitem(last=False)
+                state = self._hosts.get(conn.host)
+                if state is not None and conn in state.connections:
+                    self._remove(state, conn)
+                    self._forget_if_empty(conn.host, state)
+                doomed.append(conn)
+            if self._idle and not self._closed:
+                due = self.idle_timeout - (now - next(iter(self._idle.values())))
+                self._sweep_alarm = alarms.schedule(max(0.05, due), self._sweep)
+            self._cond.notify_all()
+        for conn in doomed:
+            conn.close()
 
     def counts(self) -> Tuple[int, int, int]:
         """(pooled connections, idle ones, handshakes in progress), for tests and logs."""
@@ -597,6 +591,9 @@ class Pool:
             self._idle.clear()
             self._total = 0
             self._closed = True
+            if self._sweep_alarm is not None:
+                self._sweep_alarm.cancel()
+                self._sweep_alarm = None
             self._cond.notify_all()
         for conn in conns:
             conn.close()
