@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmm_exec import rubyisms
-from vmm_exec.message import Message, MessageError, _decode64, decode
+from vmm_exec.message import Message, MessageError, _decode64, decode, peek_text
 from vmm_exec.xmlcompat import parse
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "compat" / "scenarios"
@@ -390,3 +390,54 @@ def test_peek_text_reads_one_value_and_leaves_no_cycles() -> None:
     assert peek_text(payload, "HOST") == decode(payload).text("HOST") == "h&1"
     assert _cyclic_elements(lambda: decode(payload).text("HOST")) > 0  # the test sees them
     assert _cyclic_elements(lambda: peek_text(payload, "HOST")) == 0
+
+
+QUICK_CASES = [
+    "<R><HOST>h1</HOST></R>",
+    "<R><HOST/></R>",
+    "<R><HOST></HOST></R>",
+    "<R><HOST> spaced \n</HOST></R>",
+    "<R><X><HOST>nested</HOST></X><HOST>h2</HOST></R>",
+    "<R><HOST>a&amp;b</HOST></R>",
+    "<R><HOST>&#65;&#x42;</HOST></R>",
+    "<R><HOST>a<!-- c -->b</HOST></R>",
+    "<R><HOST><![CDATA[x]]>y</HOST></R>",
+    "<R><HOST><Y/>after</HOST></R>",
+    "<R><HOST>a<?pi x?>b</HOST></R>",
+    "<R><?pi?><HOST>h</HOST></R>",
+    "<R><HOST>first</HOST><HOST>second</HOST></R>",
+    "<R><host>lower</host></R>",
+    "<R/>",
+    "<HOST><HOST>inner</HOST></HOST>",
+    "<?xml version='1.0'?><R><HOST>decl</HOST></R>",
+    "<!DOCTYPE R [<!ENTITY e 'ent'>]><R><HOST>&e;</HOST></R>",
+    "<R xmlns:a='u'><a:HOST>ns</a:HOST></R>",
+    "<R><HOST>cr\r\nlf</HOST></R>",
+    "<R><HOST>é ü 中</HOST></R>",
+    "<R><HOST>q\"'</HOST></R>",
+    "<R><HOST>unclosed</R>",
+    "not xml",
+    "<R><HOST>h</HOST><VM><T><![CDATA[x<HOST>y</HOST>]]></T></VM></R>",
+    "<R><!-- <HOST>c</HOST> --><HOST>real</HOST></R>",
+    "<R><HOST><!--c-->t</HOST></R>",
+    "<R><HOST>a &lt;b&gt; &unknown; &#x1F600;</HOST></R>",
+    "<R>\n  <HOST>\n</HOST></R>",
+    "<!DOCTYPE R><R><HOST>doctype</HOST></R>",
+    "\ufeff<R><HOST>bom</HOST></R>",
+]
+
+
+@pytest.mark.parametrize("xml", QUICK_CASES)
+def test_peek_text_reads_host_as_the_full_parse_does(xml: str) -> None:
+    """The scheduler's quick HOST lookup (lxml only) agrees with the REXML-compatible
+    tree, or steps aside for it, errors included."""
+    payload = base64.b64encode(xml.encode()).decode()
+    try:
+        expected: object = decode(payload).text("HOST")
+    except MessageError as exc:
+        expected = type(exc)
+    try:
+        got: object = peek_text(payload, "HOST")
+    except MessageError as exc:
+        got = type(exc)
+    assert got == expected

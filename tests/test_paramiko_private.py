@@ -92,6 +92,8 @@ def test_the_private_names_exist() -> None:
     assert callable(getattr(paramiko.Transport, "_send_user_message", None))
     assert isinstance(cMSG_CHANNEL_REQUEST, bytes) and len(cMSG_CHANNEL_REQUEST) == 1
     assert callable(getattr(chan.in_buffer, "set_event", None))
+    # Channel.out_window_size: what the server's window still takes (0 until opened)
+    assert _private.send_window(chan) == 0 and isinstance(chan.out_window_size, int)
     # Transport.remote_version: the server's banner, "" until read
     source = inspect.getsource(paramiko.Transport.__init__)
     assert "self.remote_version" in source
@@ -257,3 +259,24 @@ def test_requests_are_sent_one_at_a_time() -> None:
     second.join(5)
     assert results == [ACCEPTED, ACCEPTED]
     assert [parse_request(m)[1] for m in transport.sent] == ["exec", "signal"]
+
+
+def test_keepalive_probe_asks_for_a_reply_and_any_answer_sets_its_event() -> None:
+    """``send_keepalive``: a global request with want_reply; paramiko's transport thread
+    sets ``completion_event`` on REQUEST_SUCCESS and on REQUEST_FAILURE alike."""
+    from paramiko.common import cMSG_GLOBAL_REQUEST
+
+    for parse in ("_parse_request_success", "_parse_request_failure"):
+        assert "self.completion_event.set()" in inspect.getsource(
+            getattr(paramiko.Transport, parse)), f"Transport.{parse} no longer sets the event"
+    transport = FakeTransport()
+    transport.completion_event = None  # type: ignore[attr-defined]
+    transport._log = lambda *args: None  # type: ignore[attr-defined]
+    event = _private.send_keepalive(transport)  # type: ignore[arg-type]
+    assert transport.completion_event is event  # type: ignore[attr-defined]
+    sent = Message(transport.sent[0])
+    assert sent.get_byte() == cMSG_GLOBAL_REQUEST
+    assert sent.get_text() == "keepalive@openssh.com"
+    assert sent.get_boolean() is True
+    paramiko.Transport._parse_request_failure(transport, Message())
+    assert event.is_set()

@@ -55,6 +55,12 @@ Options of this port:
       --rc FILE          source FILE like the bash wrapper sources vmm_execrc
                          (may be repeated)
       --hooks-dir DIR    extra directory of add-on hook files (may be repeated)
+      --max-connections N
+                         paramiko: SSH connections kept open over all hosts
+                         (default: the -t value); idle ones beyond are closed,
+                         least recently used first
+      --max-handshakes N paramiko: SSH connections being set up at once, over
+                         all hosts (default 4)
   -h, --help             show this help and exit
       --version          show the version and exit
 
@@ -75,6 +81,8 @@ _OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "transport": (None, "required"),
     "rc": (None, "required"),
     "hooks-dir": (None, "required"),
+    "max-connections": (None, "required"),
+    "max-handshakes": (None, "required"),
     "help": ("h", "none"),
     "version": (None, "none"),
 }
@@ -186,6 +194,7 @@ def build_config(args: Arguments, environ: MutableMapping[str, str]) -> DriverCo
     transport = defaults.transport
     rc_files: List[str] = []
     hook_dirs: List[str] = []
+    max_connections, max_handshakes = defaults.max_connections, defaults.max_handshakes
     for name, value in args.options:
         if name == "retries":
             retries = rubyisms.to_i(value)
@@ -213,6 +222,13 @@ def build_config(args: Arguments, environ: MutableMapping[str, str]) -> DriverCo
             rc_files.append(value)
         elif name == "hooks-dir":
             hook_dirs.append(value)
+        elif name in ("max-connections", "max-handshakes"):
+            if not value.isdigit() or int(value) < 1:
+                raise UsageError(f"--{name} must be a positive number")
+            if name == "max-connections":
+                max_connections = int(value)
+            else:
+                max_handshakes = int(value)
     if not args.operands:
         raise UsageError("missing HYPERVISOR argument")
     paths = Paths(environ.get("ONE_LOCATION") or None)
@@ -236,6 +252,8 @@ def build_config(args: Arguments, environ: MutableMapping[str, str]) -> DriverCo
         live_disk_snapshots=tuple(rubyisms.split_words(environ.get("LIVE_DISK_SNAPSHOTS", ""))),
         vnmad_local_actions=tuple(rubyisms.split_words(environ.get("VNMAD_LOCAL_ACTIONS", ""))),
         hook_dirs=tuple(hook_dirs),
+        max_connections=max_connections,
+        max_handshakes=max_handshakes,
     )
 
 

@@ -155,6 +155,15 @@ class DriverConfig:
     live_disk_snapshots: Tuple[str, ...] = ()
     vnmad_local_actions: Tuple[str, ...] = ()
     hook_dirs: Tuple[str, ...] = ()
+    # paramiko's pool over all hosts: connections kept (0: as many as threads) and
+    # key exchanges at once
+    max_connections: int = 0
+    max_handshakes: int = 4
+
+    @property
+    def pool_size(self) -> int:
+        """Pooled SSH connections kept over all hosts (``--max-connections``, else ``-t``)."""
+        return self.max_connections if self.max_connections > 0 else self.threads
 
     @property
     def vmm_directory(self) -> str:

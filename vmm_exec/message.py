@@ -118,6 +118,14 @@ def peek_text(payload_b64: str, path: str) -> Optional[str]:
     """One value of a payload that is otherwise not needed yet (the scheduler's
     HOST lookup): the decoded tree is taken apart at once, so that a long queue
     of requests does not keep trees waiting for the garbage collector."""
+    if "/" not in path:
+        try:
+            quick = xmlcompat.child_text_quickly(_bytes_to_text(_decode64(payload_b64)),
+                                                 path)
+        except MessageError:
+            quick = xmlcompat.UNSURE
+        if not isinstance(quick, xmlcompat.Unsure):
+            return quick
     message = decode(payload_b64)
     try:
         return message.text(path)

@@ -449,6 +449,75 @@ def _check_well_formed(text: str) -> None:
         raise XmlError(f"payload is not well-formed XML: {exc}") from exc
 
 
+class Unsure:
+    """:func:`child_text_quickly` could not be sure: use the full parse."""
+
+
+UNSURE = Unsure()
+
+
+def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
+    """``parse(text).root.find(name).text`` without building the tree, for a plain
+    element name: lxml checks the document, then the tokens :func:`parse` would
+    read are scanned (the whole document, so that every error :func:`parse`
+    raises is still seen) and the first child of the root named ``name`` is read
+    as :func:`parse` reads it. :data:`UNSURE` where that reading is not plain
+    (the element holds a comment, instruction or element before its first
+    text, or names use prefixes) or the document is refused: the caller then
+    parses it fully, errors included. Building the tree costs several times
+    more, and the scheduler needs only HOST of every request.
+    """
+    if ":" in name or "/" in name or name == "*":
+        return UNSURE
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        _check_well_formed(text)
+    except XmlError:
+        return UNSURE
+    found: Union[Optional[str], Unsure, None] = None
+    state = 0  # 0: looking, 1: inside the element, 2: read
+    depth = 0
+    pos, end = 0, len(text)
+    match = _TOKEN.match
+    while pos < end:
+        m = match(text, pos)
+        if m is None:
+            return UNSURE
+        kind = m.lastindex
+        pos = m.end()
+        if kind == 4:
+            tag = m.group(2)
+            if state == 1:
+                found, state = UNSURE, 2
+            elif state == 0 and depth == 1 and tag == name:
+                if m.group(4):
+                    state = 2
+                else:
+                    state = 1
+            elif state == 0 and depth == 1 and ":" in tag:
+                return UNSURE  # a prefixed name might match
+            if not m.group(4):
+                depth += 1
+        elif kind == 5:
+            depth -= 1
+            if state == 1:
+                state = 2
+        elif kind == 10:
+            if "<!ENTITY" in m.group(10):
+                return UNSURE
+        elif state == 1:
+            if kind == 1:
+                found, state = unnormalize(m.group(1)), 2
+            elif kind == 6:
+                found, state = m.group(6), 2
+            elif kind in (7, 8, 9):
+                found, state = UNSURE, 2
+    if depth != 0:
+        return UNSURE
+    return found
+
+
 def parse(text: str) -> Document:
     """Parse ``text`` (already decoded) into a raw-preserving Document.
 

@@ -9,6 +9,7 @@ transport provides the same over an SSH channel.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 from vmm_exec.cancel import CancelScope
 
 CLOSE_GRACE = 2.0
+# a pipe that polls writable takes this much at once without blocking (one page)
+PIPE_ATOMIC = 4096
 OUT = "out"
 ERR = "err"
 
@@ -26,6 +29,10 @@ class Channel(Protocol):
 
     def send(self, data: bytes) -> None:
         """Write all of ``data`` (blocking; called from a writer thread)."""
+
+    def send_now(self, data: bytes) -> bool:
+        """Write all of ``data`` if that cannot block, else nothing (False): small
+        commands then need no writer thread."""
 
     def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
         """Chunks as ``(OUT|ERR, data)``; ``data == b""`` means that stream ended."""
@@ -71,6 +78,20 @@ class ProcessChannel:
             stdin.flush()
         except (OSError, ValueError):
             pass  # the connection is gone; the reader will see it
+
+    def send_now(self, data: bytes) -> bool:
+        stdin = self.proc.stdin
+        if stdin is None or len(data) > PIPE_ATOMIC:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(stdin.fileno(), select.POLLOUT)
+            if not poller.poll(0):
+                return False
+        except (OSError, ValueError):
+            return False
+        self.send(data)
+        return True
 
     def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
         if not self._selector.get_map():

@@ -187,6 +187,8 @@ class SshStream:
         if channel is None:
             return
         self._join_writer(None)
+        if channel.send_now(data):  # most commands: no thread
+            return
         self._writer = threading.Thread(target=channel.send, args=(data,), daemon=True)
         self._writer.start()
 

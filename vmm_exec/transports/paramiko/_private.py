@@ -20,6 +20,9 @@ What we rely on (paramiko 3.x to 5.x):
 * ``Channel.in_buffer`` / ``in_stderr_buffer``, whose ``set_event`` sets the
   event when data or the end arrives;
 * ``Transport.remote_version``: the server's banner, once it has been read.
+* ``Channel.out_window_size``: bytes the server still accepts on a channel;
+* ``Transport.completion_event``: set by the transport thread when the answer to a
+  global request arrives (success or failure); ``cMSG_GLOBAL_REQUEST``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import threading
 from typing import Optional, Sequence
 
 import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
+from paramiko.common import cMSG_CHANNEL_REQUEST, cMSG_GLOBAL_REQUEST
 from paramiko.message import Message
 
 
@@ -84,3 +87,30 @@ def eof_received(chan: paramiko.Channel) -> bool:
 def banner_received(transport: Optional[paramiko.Transport]) -> bool:
     """The server's SSH banner has been read (for the ssh binary's timeout messages)."""
     return bool(getattr(transport, "remote_version", ""))
+
+
+def send_keepalive(transport: paramiko.Transport) -> threading.Event:
+    """Send ``keepalive@openssh.com`` asking for a reply, without waiting for it; the
+    returned event is set when the reply (success or failure) arrives.
+
+    paramiko's ``global_request(wait=True)`` blocks its caller until the answer, and
+    with ``wait=False`` asks for no answer (a frozen host goes unnoticed). Its
+    transport thread sets ``Transport.completion_event`` on
+    ``_parse_request_success``/``_parse_request_failure``; this package sends no
+    other global request, so the event is ours. ``_send_user_message`` may block
+    (a key exchange, a full socket): call it where blocking harms nothing else.
+    """
+    event = threading.Event()
+    message = Message()
+    message.add_byte(cMSG_GLOBAL_REQUEST)
+    message.add_string("keepalive@openssh.com")
+    message.add_boolean(True)
+    transport.completion_event = event
+    transport._send_user_message(message)  # type: ignore[attr-defined]
+    return event
+
+
+def send_window(chan: paramiko.Channel) -> int:
+    """Bytes the server's window still accepts on ``chan`` (a send up to that much
+    does not wait for a window adjustment)."""
+    return int(getattr(chan, "out_window_size", 0))

@@ -20,6 +20,8 @@ from vmm_exec.transports.paramiko.pool import Session
 from vmm_exec.transports.paramiko.session import lost, status, wait_closed
 
 READ_SIZE = 65536
+# a write this small goes out at once (no writer thread) when the window allows it
+SEND_NOW_LIMIT = 16384
 # how long release() lets the remote shell exit after EOF before killing it
 CLOSE_GRACE = 2.0
 
@@ -126,6 +128,13 @@ class ParamikoChannel:
         except (OSError, EOFError, paramiko.SSHException):
             pass  # the channel is gone; the reader will see it
 
+    def send_now(self, data: bytes) -> bool:
+        # within the server's window, and small enough for the socket's buffer
+        if len(data) > SEND_NOW_LIMIT or _private.send_window(self.chan) < len(data):
+            return False
+        self.send(data)
+        return True
+
     def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
         if self._reader.done:
             wait_closed(self.chan, timeout)
@@ -184,6 +193,9 @@ class FailedChannel:
 
     def send(self, data: bytes) -> None:
         pass
+
+    def send_now(self, data: bytes) -> bool:
+        return True
 
     def receive(self, timeout: float) -> List[Tuple[str, bytes]]:
         chunks, self._pending = self._pending, []

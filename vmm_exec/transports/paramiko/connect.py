@@ -22,6 +22,7 @@ from typing import Any, Optional, Union, cast
 import paramiko
 
 import vmm_exec.transports.paramiko._private as _private
+import vmm_exec.transports.paramiko.alarms as alarms
 from vmm_exec.cancel import Cancelled
 from vmm_exec.transports.paramiko.config import HostSettings
 
@@ -266,9 +267,7 @@ def connect(settings: HostSettings, deadline: Deadline, attempt: Attempt) -> par
     # paramiko's own waits get a little more: the timer below ends the attempt first
     slack = limit + 1.0
     until = time.monotonic() + limit
-    timer = threading.Timer(limit, attempt.abort, (EXPIRED,))
-    timer.daemon = True
-    timer.start()
+    timer = alarms.schedule(limit, attempt.abort, EXPIRED)  # no thread per attempt
     client: Optional[paramiko.SSHClient] = None
     endpoint: Optional[_Endpoint] = None
     try:
@@ -343,43 +342,3 @@ def _load_host_keys(client: paramiko.SSHClient, settings: HostSettings) -> None:
         for key_type, key in (known.lookup(settings.host_key_alias) or {}).items():
             keys.add(settings.host_key_name, key_type, key)
     client.set_missing_host_key_policy(_RejectUnknown(settings.host_key_alias))
-
-
-class Keepalive(threading.Thread):
-    """``ServerAliveInterval``/``ServerAliveCountMax``: every ``interval`` seconds a
-    request the server must answer; no answer within ``interval * count`` closes the
-    connection, which ends every wait on it.
-
-    paramiko's own keepalive asks for no answer, so it never notices a host that
-    stopped (a frozen sshd leaves the TCP connection up for ever).
-    """
-
-    def __init__(self, client: paramiko.SSHClient, settings: HostSettings) -> None:
-        super().__init__(daemon=True, name=f"keepalive {settings.alias}")
-        self._client = client
-        self.interval = settings.alive_interval
-        self.count = settings.alive_count
-        self._stopped = threading.Event()
-        self.timed_out = False
-
-    def run(self) -> None:
-        transport = self._client.get_transport()
-        while (transport is not None and transport.is_active()
-               and not self._stopped.wait(self.interval)):
-            timer = threading.Timer(self.interval * self.count, self._expire)
-            timer.daemon = True
-            timer.start()
-            try:
-                transport.global_request("keepalive@openssh.com", wait=True)
-            except Exception:  # noqa: BLE001 - a broken connection ends the loop
-                pass
-            finally:
-                timer.cancel()
-
-    def _expire(self) -> None:
-        self.timed_out = True
-        close_quietly(self._client)
-
-    def stop(self) -> None:
-        self._stopped.set()
-

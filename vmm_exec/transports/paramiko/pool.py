@@ -22,6 +22,19 @@ without one, :data:`CAP_WAIT` seconds, and then the cap yields rather than
 fail an action (actions may hold one channel while asking for another).
 Remote kills skip the cap: they must not wait behind what they kill.
 
+Over all hosts, the pool keeps at most ``max_connections`` connections (the
+driver sets it from ``--max-connections``, default ``-t``): a new connection
+beyond that first closes the least recently used idle one (of any host); with
+none idle it waits :data:`FULL_WAIT` for one and then goes over (an action may
+hold a channel while asking for another), and the excess is closed as soon as
+it is idle. Idle connections are closed after ``idle_timeout`` seconds. At most
+``max_handshakes`` connections are being set up at once (a burst after oned
+restarts must not start thousands of key exchanges); the others wait their
+turn within their deadline. So the connections (one paramiko thread each; the
+keepalives share one thread) are bounded by ``-t``, not by the number of hosts,
+and a host without traffic costs nothing but a small record of what was
+learned about it (kept only while it says something).
+
 Every wait is bounded: the action's deadline when it has one, else
 :data:`OPEN_TIMEOUT` for a channel open or a request's answer; a connection
 that leaves either unanswered is retired (no new channels, closed once idle)
@@ -32,21 +45,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import paramiko
 
+import vmm_exec.transports.paramiko.alarms as alarms
 from vmm_exec.cancel import Cancelled, CancelScope
 from vmm_exec.transports.paramiko.config import HostSettings
 from vmm_exec.transports.paramiko.connect import (
     ConnectFailure,
     Deadline,
-    Keepalive,
     TimedOut,
     close_quietly,
     line,
 )
+from vmm_exec.transports.paramiko.keepalive import Keepalive
 from vmm_exec.transports.paramiko.session import (
     ACCEPTED,
     LOST,
@@ -70,6 +85,16 @@ SETTLE = 1.0
 MAX_REFUSALS = 8
 MAX_LOSSES = 3
 POLL = 0.2
+# pooled connections over all hosts; the driver passes --max-connections (default -t)
+MAX_POOLED = 15
+# connections being set up (key exchanges) at once, over all hosts
+MAX_HANDSHAKES = 4
+# an idle pooled connection is closed after this many seconds
+IDLE_TIMEOUT = 60.0
+# with the pool full and nothing idle to close, how long to wait before going over
+FULL_WAIT = 1.0
+# how long a connection closed to make room may take to be gone (its thread ended)
+EVICT_WAIT = 0.5
 
 
 class Connection:
@@ -103,9 +128,15 @@ class Connection:
             return line(f"Timeout, server {self.settings.hostname} not responding.")
         return line(f"Connection to {self.settings.hostname} closed by remote host.")
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Close the connection; ``wait``: also wait that long at most for paramiko's
+        thread to end (it notices within its 0.1 s read timeout), so that a
+        connection closed to make room is gone before its successor starts."""
+        transport = self.transport
         self.keepalive.stop()
         close_quietly(self.client)
+        if wait > 0 and transport is not None and transport is not threading.current_thread():
+            transport.join(wait)
 
 
 @dataclass
@@ -160,10 +191,92 @@ Connector = Callable[[str, Deadline, CancelScope], Connection]
 class Pool:
     """Pooled connections per host (see the module doc)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Connector, max_connections: int = MAX_POOLED,
+                 max_handshakes: int = MAX_HANDSHAKES,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self._connector = connector
+        self.max_connections = max(1, max_connections)
+        self.max_handshakes = max(1, max_handshakes)
+        self.idle_timeout = idle_timeout
         self._cond = threading.Condition()
         self._hosts: Dict[str, _Host] = {}
+        # idle pooled connections, least recently used first: connection -> idle since
+        self._idle: OrderedDict[Connection, float] = OrderedDict()
+        self._total = 0        # pooled connections, set up or being set up
+        self._handshakes = 0   # connections being set up now
+        self._sweep_alarm: Optional[alarms.Alarm] = None
+        self._closed = False
+
+    # -- counting (lock held) --------------------------------------------------
+    def _append(self, state: _Host, conn: Connection) -> None:
+        state.connections.append(conn)
+        self._total += 1
+
+    def _remove(self, state: _Host, conn: Connection) -> None:
+        state.connections.remove(conn)
+        self._idle.pop(conn, None)
+        self._total -= 1
+
+    def _mark_idle(self, conn: Connection) -> None:
+        if conn.reserved == 0 and not conn.retired:
+            self._idle[conn] = time.monotonic()
+            self._idle.move_to_end(conn)
+            if self._sweep_alarm is None and not self._closed:
+                self._sweep_alarm = alarms.schedule(self.idle_timeout, self._sweep)
+
+    def _evict(self, keep: int) -> List[Connection]:
+        """Take idle connections out, least recently used first, until at most ``keep``
+        pooled connections are left (or none is idle): to close."""
+        doomed: List[Connection] = []
+        while self._total > keep and self._idle:
+            conn, _since = self._idle.popitem(last=False)
+            state = self._hosts.get(conn.host)
+            if state is not None and conn in state.connections:
+                self._remove(state, conn)
+                self._forget_if_empty(conn.host, state)
+            doomed.append(conn)
+        return doomed
+
+    def _forget_if_empty(self, host: str, state: _Host) -> None:
+        """Drop the record of a host that holds nothing worth remembering."""
+        if (not state.connections and not state.connecting and state.waiting == 0
+                and state.limit == MAX_CHANNELS and state.failure is None
+                and not state.unresponsive and self._hosts.get(host) is state):
+            del self._hosts[host]
+
+    def _sweep(self) -> None:
+        """Close the connections idle for ``idle_timeout`` (an alarm: no thread of its
+        own, and none at all while nothing is idle); again when the next one is due."""
+        doomed: List[Connection] = []
+        with self._cond:
+            self._sweep_alarm = None
+            now = time.monotonic()
+            while self._idle:
+                conn, since = next(iter(self._idle.items()))
+                if now - since < self.idle_timeout:
+                    break
+                self._idle.popitem(last=False)
+                state = self._hosts.get(conn.host)
+                if state is not None and conn in state.connections:
+                    self._remove(state, conn)
+                    self._forget_if_empty(conn.host, state)
+                doomed.append(conn)
+            if self._idle and not self._closed:
+                due = self.idle_timeout - (now - next(iter(self._idle.values())))
+                self._sweep_alarm = alarms.schedule(max(0.05, due), self._sweep)
+            self._cond.notify_all()
+        for conn in doomed:
+            conn.close()
+
+    def counts(self) -> Tuple[int, int, int]:
+        """(pooled connections, idle ones, handshakes in progress), for tests and logs."""
+        with self._cond:
+            return self._total, len(self._idle), self._handshakes
+
+    def hosts_known(self) -> int:
+        """How many hosts the pool keeps a record of."""
+        with self._cond:
+            return len(self._hosts)
 
     # -- looking ---------------------------------------------------------------
     def connections(self, host: str) -> List[Connection]:
@@ -193,6 +306,7 @@ class Pool:
         """
         asked = time.monotonic()
         waited_since: Optional[float] = None
+        full_since: Optional[float] = None
         doomed: List[Connection] = []
         found: Optional[Connection] = None
         try:
@@ -200,6 +314,7 @@ class Pool:
                 while True:
                     state = self._hosts.setdefault(host, _Host())
                     if scope.cancelled:
+                        self._forget_if_empty(host, state)
                         raise Cancelled()
                     failed = state.failure
                     if failed is not None and failed[0] >= asked:
@@ -208,14 +323,24 @@ class Pool:
                     found = self._pick(state)
                     if found is not None:
                         found.reserved += 1
+                        self._idle.pop(found, None)
                         return found
                     if not state.connecting:
                         over = (deadline.at is None and waited_since is not None
                                 and time.monotonic() - waited_since >= CAP_WAIT)
                         if len(state.connections) < MAX_CONNECTIONS or priority or over:
-                            state.connecting = True
-                            break
+                            if priority:
+                                break
+                            if self._handshakes < self.max_handshakes:
+                                doomed += self._evict(self.max_connections - 1)
+                                if self._total < self.max_connections:
+                                    break
+                                # full, nothing idle: wait a little for a slot, then go over
+                                full_since = full_since or time.monotonic()
+                                if time.monotonic() - full_since >= FULL_WAIT:
+                                    break
                     if deadline.expired:
+                        self._forget_if_empty(host, state)
                         raise TimedOut()
                     if waited_since is None:
                         waited_since = time.monotonic()
@@ -224,9 +349,15 @@ class Pool:
                         self._cond.wait(deadline.bound(POLL))
                     finally:
                         state.waiting -= 1
+                state.connecting = True
+                self._handshakes += 1
+                self._total += 1  # counted from now: others see the pool as it will be
         finally:
             for conn in doomed:
-                conn.close()
+                try:
+                    conn.close(wait=EVICT_WAIT)
+                except Exception:  # noqa: BLE001 - the slot counted above must reach _add
+                    pass
         return self._add(host, state, deadline, scope)
 
     def _add(self, host: str, state: _Host, deadline: Deadline,
@@ -235,21 +366,30 @@ class Pool:
             conn = self._connector(host, deadline, scope)
         except ConnectFailure as exc:
             with self._cond:
+                self._handshakes -= 1
+                self._total -= 1
                 state.connecting = False
                 state.failure = (time.monotonic(), exc)
                 self._cond.notify_all()
             raise
         except BaseException:
             with self._cond:
+                self._handshakes -= 1
+                self._total -= 1
                 state.connecting = False
+                self._forget_if_empty(host, state)
                 self._cond.notify_all()
             raise
         with self._cond:
+            self._handshakes -= 1
+            self._total -= 1
             conn.host = host
             state.connecting = False
             state.failure = None
             conn.reserved = 1
-            state.connections.append(conn)
+            if self._hosts.get(host) is not state:  # closed meanwhile
+                self._hosts.setdefault(host, state)
+            self._append(state, conn)
             self._cond.notify_all()
         return conn
 
@@ -263,13 +403,12 @@ class Pool:
                 return conn
         return None
 
-    @staticmethod
-    def _prune(state: _Host) -> List[Connection]:
+    def _prune(self, state: _Host) -> List[Connection]:
         """Take idle connections that are dead or retired out of the pool (to close)."""
         doomed = [c for c in state.connections
                   if c.reserved == 0 and (c.retired or not c.alive())]
         for conn in doomed:
-            state.connections.remove(conn)
+            self._remove(state, conn)
         return doomed
 
     def release(self, conn: Connection, opened: bool) -> None:
@@ -287,8 +426,13 @@ class Pool:
                 if state.waiting == 0:
                     extra = [c for c in state.connections[1:] if c.reserved == 0]
                     for idle in extra:
-                        state.connections.remove(idle)
+                        self._remove(state, idle)
                     doomed += extra
+                if conn in state.connections:
+                    self._mark_idle(conn)
+                # over the limit after a burst: the excess goes as soon as it is idle
+                doomed += self._evict(self.max_connections)
+                self._forget_if_empty(conn.host, state)
             elif conn.reserved == 0 and (conn.retired or not conn.alive()):
                 doomed = [conn]
             self._cond.notify_all()
@@ -300,6 +444,7 @@ class Pool:
         host counts as unresponsive until a request succeeds again."""
         with self._cond:
             conn.retired = True
+            self._idle.pop(conn, None)
             state = self._hosts.get(conn.host)
             if state is not None:
                 state.unresponsive = True
@@ -323,6 +468,7 @@ class Pool:
             if earlier > 0:
                 # sessions of channels we already closed still count on the server
                 conn.retired = True
+                self._idle.pop(conn, None)
                 return True
             return False
 
@@ -442,6 +588,12 @@ class Pool:
         with self._cond:
             conns = [c for state in self._hosts.values() for c in state.connections]
             self._hosts.clear()
+            self._idle.clear()
+            self._total = 0
+            self._closed = True
+            if self._sweep_alarm is not None:
+                self._sweep_alarm.cancel()
+                self._sweep_alarm = None
             self._cond.notify_all()
         for conn in conns:
             conn.close()

@@ -96,11 +96,13 @@ class Requests:
 def wait_closed(chan: paramiko.Channel, timeout: float) -> bool:
     """Wait until the channel is closed (command over, output drained, or connection gone)."""
     deadline = time.monotonic() + timeout
+    pause = 0.001  # the close usually follows within a millisecond or two: look soon
     while not chan.closed:
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        time.sleep(min(left, 0.05))
+        time.sleep(min(left, pause))
+        pause = min(pause * 2, 0.05)
     return True
 
 

@@ -59,7 +59,15 @@ from vmm_exec.transports.paramiko.kill import (
     new_mark,
     stream_command,
 )
-from vmm_exec.transports.paramiko.pool import OPEN_TIMEOUT, Connection, Pool, Session, Unstarted
+from vmm_exec.transports.paramiko.pool import (
+    MAX_HANDSHAKES,
+    MAX_POOLED,
+    OPEN_TIMEOUT,
+    Connection,
+    Pool,
+    Session,
+    Unstarted,
+)
 from vmm_exec.transports.paramiko.session import ACCEPTED, NO_ANSWER, Requests, lost, status
 from vmm_exec.transports.paramiko.sftp import Copier
 
@@ -84,13 +92,15 @@ class ParamikoTransport:
     silent_remote_kill = True
 
     def __init__(self, kill_remote: bool = True,
-                 settings: Callable[[str], HostSettings] = host_settings) -> None:
+                 settings: Callable[[str], HostSettings] = host_settings,
+                 max_connections: int = MAX_POOLED,
+                 max_handshakes: int = MAX_HANDSHAKES) -> None:
         self.mark_commands = kill_remote
         self._settings = settings
         self._lock = threading.Lock()
         self._attempts: Set[Attempt] = set()
         self._dedicated: Set[Connection] = set()
-        self.pool = Pool(self._connect)
+        self.pool = Pool(self._connect, max_connections, max_handshakes)
 
     # -- connections ------------------------------------------------------------
     def _connect(self, host: str, deadline: Deadline, scope: CancelScope) -> Connection:
