@@ -741,6 +741,9 @@ class Request:
             return
         bck = rstrip_ruby(v.ds_mad)
         words = rsplit(self.tm_command)
+        if len(words) < 2:  # the original's thread died: a FAILURE answer, no call
+            self.expect_success = False
+            return
         self._need(Call("frontend", f"datastore/{bck}/backup_cancel", tuple(words[2:]),
                         self.vm_xml) if bck in DS_DRIVERS else None)
         self._done()
