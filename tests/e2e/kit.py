@@ -451,12 +451,14 @@ def scenario_xml(scenario: str, name: str = "msg.xml") -> str:
 def retarget(xml: str, vmid: object = 42, hosts: Optional[Mapping[str, str]] = None) -> str:
     """A corpus payload for another VM id (every standalone ``42``) and other hosts
     (``{"host01": "host02", "host02": "host01"}`` swaps them)."""
+    # the id first: a new host name may hold a standalone 42 of its own (host42)
+    xml = re.sub(r"(?<![0-9])42(?![0-9])", str(vmid), xml)
     mapping = dict(hosts or {})
     for index, name in enumerate(mapping):
         xml = xml.replace(name, f"\0{index}\0")
     for index, name in enumerate(mapping):
         xml = xml.replace(f"\0{index}\0", mapping[name])
-    return re.sub(r"(?<![0-9])42(?![0-9])", str(vmid), xml)
+    return xml
 
 
 def _set_element(xml: str, tag: str, value: str) -> str:
@@ -531,7 +533,9 @@ class World:
                 if record["host"] == host and record["script"] == script:
                     return record
             return None
-        return wait_until(find, timeout, f"{script} on {host} (vm {vm}) started")
+        found: Dict[str, Any] = wait_until(find, timeout,
+                                           f"{script} on {host} (vm {vm}) started")
+        return found
 
     # hosts --------------------------------------------------------------------------
 
@@ -557,7 +561,8 @@ class World:
             if name in wanted:
                 self.testbed.populate(name, self.remotes)
 
-    def ssh(self, host: str, command: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    def ssh(self, host: str, command: str,
+            timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
         """``ssh HOST COMMAND`` with the real client, as the hosts' user."""
         return subprocess.run(self.testbed.ssh_argv(host, command, no_stdin=True),
                               capture_output=True, text=True, timeout=timeout, check=False)
