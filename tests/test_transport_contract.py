@@ -314,6 +314,10 @@ def test_run_cancel_kills_the_remote_command(transport: Transport, bed: Bed) -> 
     thread.start()
     try:
         wait_for(lambda: bool(remote_sleeps(bed, "host01", mark)), 10, "the remote sleep")
+        # the cancel of a running command: its start was announced to the client by
+        # now (a cancel within a millisecond of the start can lose the announcement
+        # in flight with the killed client; see the README's cancel section)
+        time.sleep(0.3)
         scope.cancel()
         thread.join(15)
         assert not thread.is_alive()
@@ -433,6 +437,10 @@ def _cancel_mid_command(transport: Transport, bed: Bed, kill_remote: bool) -> No
     thread.start()
     try:
         wait_for(lambda: bool(remote_sleeps(bed, "host01", mark)), 10, "the remote sleep")
+        # the cancel of a running command: its start was announced to the client by
+        # now (a cancel within a millisecond of the start can lose the announcement
+        # in flight with the killed client; see the README's cancel section)
+        time.sleep(0.3)
         scope.cancel()
         thread.join(15)
         assert not thread.is_alive()

@@ -15,6 +15,9 @@ TERM_GRACE = 5.0
 # After the command exits, how long to keep reading output that its leftover
 # children may still hold open (Ruby joins its reader threads for 0.1 s).
 DRAIN_GRACE = 0.5
+# On a cancel, how long to wait for the killed command's stderr to reach its end
+# before the remote side is killed with what it announced there.
+ABORT_DRAIN = 0.5
 
 
 class _Reader(threading.Thread):
@@ -91,7 +94,16 @@ def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional
     registration = None
     if on_abort is not None:
         abort = on_abort
-        registration = scope.on_cancel(lambda: abort(readers[1].text()), "remote side")
+
+        def stderr_so_far() -> str:
+            # a cancel kills the local process first: what it wrote before dying is
+            # in the pipe, and the reader reaches its end at once (the ssh transport's
+            # group marker, written just before the command started, must not be lost
+            # in the pipe buffer); bounded, for a child that keeps the pipe open
+            readers[1].join(ABORT_DRAIN)
+            return readers[1].text()
+
+        registration = scope.on_cancel(lambda: abort(stderr_so_far()), "remote side")
     timed_out = False
     try:
         rc = scope.wait(proc, timeout)
