@@ -22,11 +22,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from e2e.kit import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT = Path(os.environ.get("VMM_EXEC_ONED_KIT") or ROOT.parent / "shared" / "oned")
@@ -143,19 +144,6 @@ def processes() -> List[Proc]:
     return found
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.1) -> Any:
-    """``predicate()``'s first true value; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 class OnedInstance:
     """One oned of the kit, with the port as VM_MAD ``kvm``.
 
@@ -230,7 +218,7 @@ class OnedInstance:
         """SIGKILL oned: its drivers only see stdin EOF."""
         pid = self.state()["oned_pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10,
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10,
                  "oned to die")
 
     def state(self) -> Dict[str, Any]:
@@ -293,7 +281,7 @@ class OnedInstance:
 
     def wait_lcm(self, vid: int, lcm: str, timeout: float = 60) -> Dict[str, Any]:
         """Until the LCM state is ``lcm`` (also a *FAILURE one, which wait_vm refuses)."""
-        found: Dict[str, Any] = wait_for(lambda: (lambda v: v if v["lcm"] == lcm else None)(
+        found: Dict[str, Any] = wait_until(lambda: (lambda v: v if v["lcm"] == lcm else None)(
             self.vm(vid)), timeout, f"VM {vid} in {lcm}", interval=0.2)
         return found
 
@@ -358,7 +346,7 @@ class OnedInstance:
         return [p for p in self.tagged() if " -m vmm_exec" in p.cmdline]
 
     def driver(self, timeout: float = 20) -> Proc:
-        found: List[Proc] = wait_for(self.drivers, timeout, "the driver process")
+        found: List[Proc] = wait_until(self.drivers, timeout, "the driver process")
         assert len(found) == 1, [p.cmdline for p in found]
         return found[0]
 
@@ -382,7 +370,7 @@ class OnedInstance:
         """Stop test host ``host``'s sshd (the host is down: nothing listens)."""
         pid = int(self.state()["sshd_pids"][host])
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10,
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10,
                  f"the sshd of {host} to stop")
 
 

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 from helpers import can_choose_pids, spawn_with_pid, wait_until
@@ -137,13 +137,9 @@ def test_cancel_after_finished_commands_kills_nothing_remote(transport: Transpor
                for pid in (one_shot_group, identified.pgid)]
     # a live stream of the same action, which the cancel must kill
     live = stream_on(transport, scope, "host02", spy)
-    sleeping = mark()
-    runner = threading.Thread(target=_run_quietly, args=(live, f"sleep {sleeping}"),
-                              daemon=True)
-    runner.start()
+    runner, sleeping = _sleep_in_background(live)
     try:
-        wait_until(lambda: bool(local_pids_running(f"sleep {sleeping}")), 20,
-                   what="the live command running on host02")
+        _wait_sleeping(sleeping, "host02")
         live_group = live.stream.remote_group
         assert live_group is not None
         scope.cancel()
@@ -172,13 +168,9 @@ def test_a_stream_whose_shell_dies_takes_its_script_along(transport: Transport,
     assert command.run("true", None, None, 20).code == 0
     group = command.stream.remote_group
     assert group is not None
-    sleeping = mark()
-    runner = threading.Thread(target=_run_quietly, args=(command, f"sleep {sleeping}"),
-                              daemon=True)
-    runner.start()
+    runner, sleeping = _sleep_in_background(command)
     try:
-        wait_until(lambda: bool(local_pids_running(f"sleep {sleeping}")), 20,
-                   what="the script running on host01")
+        _wait_sleeping(sleeping, "host01")
         # the group's leader alone (the login shell running "bash -s", or that shell),
         # as sshd signals a session's process
         os.kill(group.pgid, signal.SIGTERM)
@@ -187,6 +179,20 @@ def test_a_stream_whose_shell_dies_takes_its_script_along(transport: Transport,
     finally:
         runner.join(20)
         command.close()
+
+
+def _sleep_in_background(command: StreamCommand) -> Tuple[threading.Thread, str]:
+    """A thread running ``sleep <mark>`` through ``command``; the mark."""
+    sleeping = mark()
+    runner = threading.Thread(target=_run_quietly, args=(command, f"sleep {sleeping}"),
+                              daemon=True)
+    runner.start()
+    return runner, sleeping
+
+
+def _wait_sleeping(sleeping: str, host: str) -> None:
+    wait_until(lambda: bool(local_pids_running(f"sleep {sleeping}")), 20,
+               what=f"the command running on {host}")
 
 
 def _run_quietly(command: StreamCommand, text: str) -> None:

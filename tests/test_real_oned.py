@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest
-from oned_kit import Call, OnedInstance, Unavailable, ensure_kit, wait_for
+from e2e.kit import wait_until
+from oned_kit import Call, OnedInstance, Unavailable, ensure_kit
 
 pytestmark = pytest.mark.oned
 
@@ -84,7 +85,7 @@ def run_story(o: OnedInstance) -> Story:
         o.fault(script, f"injected: {script} failed")
         mark = o.mark()
         o.migrate_live(vm, "one-h1")
-        wait_for(lambda n=count: o.vm_log(vm).count(FAILED_LIVE_MIGRATE) == n, 60,
+        wait_until(lambda n=count: o.vm_log(vm).count(FAILED_LIVE_MIGRATE) == n, 60,
                  f"oned to log the failed migration #{count}")
         got = o.wait_vm(vm, "ACTIVE", "RUNNING", "one-h2")
         assert f"injected: {script} failed" in (got["error"] or ""), got
@@ -188,7 +189,7 @@ def test_deploy_cancelled_by_oned(oned: OnedInstance) -> None:
     try:
         mark = o.mark()
         o.deploy(vm, "one-h1")
-        wait_for(lambda: any("vmm/kvm/deploy sleeping" in line
+        wait_until(lambda: any("vmm/kvm/deploy sleeping" in line
                              for line in o.journal_lines()[mark:]), 30, "the deploy to run")
         driver = o.driver()
         procs = [driver] + o.descendants(driver.pid)
@@ -196,10 +197,10 @@ def test_deploy_cancelled_by_oned(oned: OnedInstance) -> None:
         assert all(int(mask, 16) == 0 for mask in masks.values() if mask), masks
         o.one("one.vm.recover", vm, 3)  # delete
         o.wait_vm(vm, "DONE", timeout=60)
-        wait_for(lambda: any("vmm/kvm/deploy got SIG" in line
+        wait_until(lambda: any("vmm/kvm/deploy got SIG" in line
                              for line in o.journal_lines()[mark:]), 20,
                  "the deploy to be ended on one-h1")
-        wait_for(lambda: not [p for p in o.host_side("one-h1") if "deploy" in p.cmdline],
+        wait_until(lambda: not [p for p in o.host_side("one-h1") if "deploy" in p.cmdline],
                  15, "no deploy left on one-h1")
     finally:
         o.clear_faults()
@@ -217,18 +218,18 @@ def test_terminate_hard_during_terminate(oned: OnedInstance) -> None:
     try:
         mark = o.mark()
         o.one("one.vm.action", "terminate", vm)
-        wait_for(lambda: any("vmm/kvm/shutdown sleeping" in line
+        wait_until(lambda: any("vmm/kvm/shutdown sleeping" in line
                              for line in o.journal_lines()[mark:]), 30,
                  "the shutdown to run")
         o.one("one.vm.action", "terminate-hard", vm)
         o.wait_vm(vm, "DONE", timeout=60)
-        wait_for(lambda: any("vmm/kvm/shutdown got SIG" in line
+        wait_until(lambda: any("vmm/kvm/shutdown got SIG" in line
                              for line in o.journal_lines()[mark:]), 20,
                  "the shutdown to be ended on one-h2")
         calls = [(c.host, c.script) for c in o.calls(mark)]
         assert calls.index(("one-h2", "vmm/kvm/cancel")) > calls.index(
             ("one-h2", "vmm/kvm/shutdown")), calls
-        wait_for(lambda: not [p for p in o.host_side("one-h2") if "shutdown" in p.cmdline],
+        wait_until(lambda: not [p for p in o.host_side("one-h2") if "shutdown" in p.cmdline],
                  15, "no shutdown left on one-h2")
     finally:
         o.clear_faults()
@@ -273,9 +274,9 @@ def test_sigterm_reaches_the_driver(oned: OnedInstance) -> None:
     driver = o.driver()
     assert int(driver.status("SigBlk"), 16) == 0
     os.kill(driver.pid, signal.SIGTERM)
-    wait_for(lambda: driver.pid not in [p.pid for p in o.drivers()], 10,
+    wait_until(lambda: driver.pid not in [p.pid for p in o.drivers()], 10,
              "the driver to exit on SIGTERM")
-    again = wait_for(lambda: [p for p in o.drivers() if p.pid != driver.pid], 30,
+    again = wait_until(lambda: [p for p in o.drivers() if p.pid != driver.pid], 30,
                      "oned to restart its driver")
     assert len(again) == 1
     vm = o.new_vm("after-sigterm")
@@ -297,7 +298,7 @@ def _deploy_sleeping(o: OnedInstance, name: str, host: str) -> int:
     o.sleep("vmm/kvm/deploy", 120)
     mark = o.mark()
     o.deploy(vm, host)
-    wait_for(lambda: any("vmm/kvm/deploy sleeping" in line
+    wait_until(lambda: any("vmm/kvm/deploy sleeping" in line
                          for line in o.journal_lines()[mark:]), 30, "the deploy to run")
     return mark
 
@@ -320,9 +321,9 @@ def test_oned_stopped_then_killed_during_deploy(oned: OnedInstance) -> None:
     mark = _deploy_sleeping(o, "killed-oned", "one-h2")
     driver = o.driver()
     o.kill_oned()
-    wait_for(lambda: not os.path.exists(f"/proc/{driver.pid}"), 20,
+    wait_until(lambda: not os.path.exists(f"/proc/{driver.pid}"), 20,
              "the driver to exit on stdin EOF")
-    wait_for(lambda: any("vmm/kvm/deploy got SIG" in line
+    wait_until(lambda: any("vmm/kvm/deploy got SIG" in line
                          for line in o.journal_lines()[mark:]), 20,
              "the deploy to be ended on one-h2")
     time.sleep(0.5)
