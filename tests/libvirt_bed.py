@@ -87,7 +87,7 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 from xml.sax.saxutils import escape, quoteattr
 
 __all__ = ["Unavailable", "LibvirtHost", "LibvirtBed", "ensure_libvirt_packages",
@@ -95,6 +95,7 @@ __all__ = ["Unavailable", "LibvirtHost", "LibvirtBed", "ensure_libvirt_packages"
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 QEMU = "/usr/bin/qemu-system-x86_64"
+T = TypeVar("T")
 SYSTEM_PYTHON = "/usr/bin/python3"
 PACKAGES = ("qemu-system-x86", "libvirt-daemon", "libvirt-daemon-driver-qemu",
             "libvirt-clients", "python3-libvirt")
@@ -916,12 +917,15 @@ class LibvirtBed:
             self._frozen.add(name)
 
     def thaw_daemon(self, name: str) -> None:
-        """SIGCONT ``name``'s libvirtd."""
+        """SIGCONT ``name``'s libvirtd. The bed's own connection to it is dropped: its
+        keepalive may have given up during the freeze without the event loop having
+        marked it dead yet (seen on a loaded CI machine), so the next call reconnects."""
         with self._lock:
             pid = self.daemon_pid(name)
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)
             self._frozen.discard(name)
+            self._drop_conn(name)
 
     def frozen(self, name: str) -> bool:
         return name in self._frozen
@@ -969,6 +973,25 @@ class LibvirtBed:
                     pass
             self._conns[name] = self.connect(name)
             return self._conns[name]
+
+    def _on_conn(self, name: str, call: Callable[[Any], T]) -> T:
+        """``call`` on the bed's connection to ``name``; once more on a new connection if
+        the first one turned out dead (closed by its keepalive while the daemon was
+        frozen; the error is then an internal one, not the domain's)."""
+        conn = self._conn(name)
+        try:
+            return call(conn)
+        except libvirt_module().libvirtError:
+            try:
+                alive = bool(conn.isAlive())
+            except Exception:  # noqa: BLE001 - as dead as it gets
+                alive = False
+            if alive:
+                raise
+        with self._lock:
+            if self._conns.get(name) is conn:
+                self._drop_conn(name)
+        return call(self._conn(name))
 
     def _drop_conn(self, name: str) -> None:
         conn = self._conns.pop(name, None)
@@ -1059,7 +1082,7 @@ class LibvirtBed:
         """The domain ``uuid`` on ``name`` (the bed's connection), or None."""
         lv = libvirt_module()
         try:
-            return self._conn(name).lookupByUUIDString(uuid)
+            return self._on_conn(name, lambda conn: conn.lookupByUUIDString(uuid))
         except lv.libvirtError as exc:
             if _error_code(exc) == lv.VIR_ERR_NO_DOMAIN:
                 return None
@@ -1070,10 +1093,13 @@ class LibvirtBed:
         host does not have it (also when libvirt removes it meanwhile)."""
         lv = libvirt_module()
         gone = (lv.VIR_ERR_NO_DOMAIN, lv.VIR_ERR_OPERATION_INVALID)
-        try:
-            dom = self._conn(name).lookupByUUIDString(uuid)
+        def read(conn: Any) -> Tuple[int, int, bool]:
+            dom = conn.lookupByUUIDString(uuid)
             state, reason = dom.state()
             return state, reason, bool(dom.isPersistent())
+
+        try:
+            return self._on_conn(name, read)
         except lv.libvirtError as exc:
             if _error_code(exc) in gone:
                 return None

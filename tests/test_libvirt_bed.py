@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import socket
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from typing import Any, Callable, Dict, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 from libvirt_bed import LibvirtBed, pid_alive
@@ -272,6 +273,31 @@ def test_frozen_daemon_call_fails_within_keepalive(lv: Any, lbed: LibvirtBed) ->
     state = lbed.guest_state("host02", uuid)
     assert state is not None and state[0] == lv.VIR_DOMAIN_RUNNING
     print(f"\ncall to a frozen libvirtd failed after {waited:.2f}s")
+
+
+def test_bed_calls_survive_a_connection_its_keepalive_closed(lv: Any, lbed: LibvirtBed) -> None:
+    """The bed's own connection dies during a freeze (keepalive); a call that finds it
+    dead runs once more on a new connection instead of failing the test that asked
+    (seen in CI: ``guest_state`` right after ``thaw_daemon`` raised "connection closed
+    due to keepalive timeout")."""
+    uuid = lbed.define_guest("host02", "lvb-keepalive", ram_mib=64, random_ram_mib=0)
+    calls: List[Any] = []
+
+    def read(conn: Any) -> int:
+        calls.append(conn)
+        if len(calls) == 1:
+            lbed.freeze_daemon("host02")
+            try:
+                conn.listAllDomains(0)  # fails once the keepalive gives up
+            finally:
+                os.kill(lbed.daemon_pid("host02") or 0, signal.SIGCONT)
+        return int(conn.lookupByUUIDString(uuid).state()[0])
+
+    try:
+        assert lbed._on_conn("host02", read) == lv.VIR_DOMAIN_RUNNING
+    finally:
+        lbed.thaw_daemon("host02")
+    assert len(calls) == 2 and calls[0] is not calls[1]
 
 
 def test_kill_stop_and_start_daemon(lv: Any, lbed: LibvirtBed) -> None:
