@@ -13,7 +13,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from vmm_exec import rubyisms, xmlcompat
 from vmm_exec.xmlcompat import Element, XmlError
@@ -136,10 +136,16 @@ def peek_text(payload_b64: str, path: str) -> Optional[str]:
 
 
 class Message:
-    """A decoded payload; paths use REXML's XPath semantics (see xmlcompat)."""
+    """A decoded payload; paths use REXML's XPath semantics (see xmlcompat).
+
+    The tree is never changed once decoded (the network view works on a copy), so
+    its serialisations are kept: an action asks for ``VM.to_s`` three or four times
+    (the ``vm`` data, the masker, DEPLOY's stdin), Ruby wrote it each time.
+    """
 
     def __init__(self, root: Element) -> None:
         self.root = root
+        self._written: Dict[str, str] = {}
 
     @classmethod
     def decode(cls, payload_b64: str) -> Message:
@@ -165,12 +171,19 @@ class Message:
 
     def xml(self) -> str:
         """``xml_data.to_s``: the whole payload as REXML writes it."""
-        return self.root.to_s()
+        return self.element_xml("/*")
 
     def element_xml(self, path: str) -> str:
         """``xml_data.elements[path].to_s``; '' when missing (``nil.to_s``)."""
-        element = self.element(path)
-        return element.to_s() if element is not None else ""
+        written = self._written.get(path)
+        if written is None:
+            if path == "/*":
+                element: Optional[Element] = self.root
+            else:
+                element = self.element(path)
+            written = element.to_s() if element is not None else ""
+            self._written[path] = written
+        return written
 
     def vnm_view(self) -> Tuple[List[str], str]:
         """``get_vnm_drivers``: the network drivers in use and the VM document they get.
@@ -184,7 +197,9 @@ class Message:
         if vm is None:
             raise MessageError("the action payload has no VM element")
         try:
-            source = _root(xmlcompat.parse(vm.to_s()))
+            # REXML parses VM.to_s again; a copy is that parse without its cost
+            source = xmlcompat.reparsed_copy(vm) or _root(
+                xmlcompat.parse(self.element_xml("VM")))
             view = Element("VM")  # REXML::Document.new('<VM></VM>').root
             for xpath in VNM_XPATHS:
                 for element in source.find_all(xpath):

@@ -40,6 +40,7 @@ __all__ = [
     "XmlError",
     "normalize",
     "parse",
+    "reparsed_copy",
     "unnormalize",
 ]
 
@@ -392,6 +393,58 @@ def _write_element(root: Element, out: List[str]) -> None:
             append(item.raw)
         else:
             _write(item, out)
+
+
+def reparsed_copy(element: Element) -> Optional[Element]:
+    """``parse(element.to_s()).root`` without writing and parsing again: a detached deep
+    copy with the attributes as the writer leaves them (sorted, ``'`` escaped), the
+    form a parse of the written text has. None when a name in it carries a prefix:
+    whether that text parses at all depends on namespace declarations left behind
+    above ``element`` (REXML and lxml refuse an undeclared prefix), so the caller
+    writes and parses for real."""
+    if ":" in element.name:
+        return None
+    copy = Element.__new__(Element)
+    copy.parent = None
+    pairs: List[Tuple[Element, Element]] = [(element, copy)]
+    while pairs:
+        source, target = pairs.pop()
+        target.name = source.name
+        target._document = None
+        attributes = source.attributes
+        if attributes:
+            if any(":" in key for key, _ in attributes):
+                return None
+            target.attributes = [(key, value.replace("'", "&apos;"))
+                                 for key, value in sorted(attributes, key=_attribute_key)]
+        else:
+            target.attributes = []
+        children: List[Node] = []
+        for child in source.children:
+            kind = type(child)
+            node: Node
+            if kind is Element:
+                assert isinstance(child, Element)
+                if ":" in child.name:
+                    return None
+                node = Element.__new__(Element)
+                pairs.append((child, node))
+            elif kind is TextNode or kind is CDataNode:
+                assert isinstance(child, TextNode)
+                node = kind.__new__(kind)
+                node.raw = child.raw  # type: ignore[attr-defined]
+            elif kind is CommentNode:
+                assert isinstance(child, CommentNode)
+                node = CommentNode(child.content)
+            elif kind is InstructionNode:
+                assert isinstance(child, InstructionNode)
+                node = InstructionNode(child.target, child.content)
+            else:  # pragma: no cover - every node class is handled above
+                return None
+            node.parent = target
+            children.append(node)
+        target.children = children
+    return copy
 
 
 # --------------------------------------------------------------------------
