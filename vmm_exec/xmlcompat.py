@@ -432,7 +432,7 @@ def reparsed_copy(element: Element) -> Optional[Element]:
             elif kind is TextNode or kind is CDataNode:
                 assert isinstance(child, TextNode)
                 node = kind.__new__(kind)
-                node.raw = child.raw  # type: ignore[attr-defined]
+                node.raw = child.raw
             elif kind is CommentNode:
                 assert isinstance(child, CommentNode)
                 node = CommentNode(child.content)
