@@ -261,7 +261,7 @@ def test_cancel_queued_job_removes_it(make) -> None:  # noqa: ANN001
     h.fake.wait_stopped(1, 3)
     h.fake.settle()
     assert "2" not in h.fake.started()
-    assert h.jobs["2"].thread is None
+    assert h.jobs["2"].thread is None and not h.jobs["2"].dispatched
 
 
 def test_cancel_queued_job_of_a_blocked_host(make) -> None:  # noqa: ANN001
@@ -320,7 +320,7 @@ def test_cancel_stops_only_the_newest_running_action_of_an_id(make) -> None:  # 
     h.fake.wait_started(5)
     new = h.scheduler.submit(Request("SHUTDOWN", 5, "5", ""))
     assert old is not None and new is not None
-    wait_until(lambda: new.thread is not None, WAIT, what="second action dispatched")
+    assert new.dispatched
     assert h.scheduler.cancel(5) is new
     wait_until(lambda: new.scope.cancelled, WAIT, what="newest cancelled")
     assert old.gate.open and not old.scope.cancelled
@@ -460,14 +460,11 @@ def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
     finished: Set[str] = set()
 
     def dispatched() -> Set[str]:
-        return {m for m, j in jobs.items() if j.thread is not None} - finished
+        return {m for m, j in jobs.items() if j.dispatched} - finished
 
     def finish(msg_id: str) -> None:
         fake.release(msg_id)
-        thread = jobs[msg_id].thread
-        assert thread is not None
-        thread.join(WAIT)
-        assert not thread.is_alive()
+        assert jobs[msg_id].done.wait(WAIT)
         finished.add(msg_id)
         model.finish(msg_id)
 
@@ -524,3 +521,34 @@ def test_queued_requests_cost_about_their_text() -> None:
     # the payload strings exist before they are queued: what the queue adds per
     # request is bookkeeping only
     assert grown < 0.5 * raw, f"queueing {raw} bytes of requests allocated {grown} bytes"
+
+
+def test_workers_are_reused_and_leave_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load an action runs on a worker that finished another one (no thread per
+    action); once there is no work, the workers end."""
+    from vmm_exec import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "IDLE_EXIT", 0.3)
+    threads: List[threading.Thread] = []  # the objects: a thread id can be reused
+    lock = threading.Lock()
+
+    def execute(job: Job) -> None:
+        with lock:
+            if not any(t is threading.current_thread() for t in threads):
+                threads.append(threading.current_thread())
+        time.sleep(0.002)
+
+    hosts = [f"h{i}" for i in range(7)]
+    scheduler = Scheduler(3, True, execute, lambda r: hosts[int(r.msg_id) % len(hosts)])
+    jobs = [scheduler.submit(request(i)) for i in range(120)]
+    try:
+        for job in jobs:
+            assert job is not None and job.done.wait(WAIT)
+        assert 1 <= len(threads) <= 3 * 2, threads  # 120 actions, a handful of threads
+        wait_until(lambda: not any(t.is_alive() for t in threads), WAIT,
+                   what="idle workers to end")
+        # and a new request after that still runs
+        later = scheduler.submit(request(999))
+        assert later is not None and later.done.wait(WAIT)
+    finally:
+        scheduler.stop_all(grace=0.2)

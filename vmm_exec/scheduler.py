@@ -6,20 +6,32 @@ the first queued action whose host is free goes next, so queued actions keep
 their order otherwise. Cancelling a queued action drops it; cancelling a
 running one kills its processes (the Ruby driver only killed its thread).
 The scheduler knows nothing about what an action does.
+
+Queued jobs wait in one FIFO per host; a heap of the heads whose host is free
+finds the next job without scanning the queue (a storm of 2,000 requests on
+busy hosts made every submit scan all of them). Actions run on worker threads
+that take the next runnable job when they finish and leave after
+``IDLE_EXIT`` seconds without work: no thread is started per action under load,
+none is kept when the driver is idle.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from vmm_exec.cancel import CancelScope
 from vmm_exec.protocol import Gate, Request
 
 # how long shutdown waits for all cancelled actions together
 STOP_DEADLINE = 8.0
+# how long a worker thread without work waits for the next job before it ends
+IDLE_EXIT = 5.0
 
 
 @dataclass
@@ -34,7 +46,13 @@ class Job:
     host: Optional[str] = None
     scope: CancelScope = field(default_factory=CancelScope)
     gate: Gate = field(default_factory=Gate)
+    # ``dispatched`` once it has a place among the running (a worker takes it at once);
+    # ``done`` once it has finished and left the scheduler's books (its worker, in
+    # ``thread``, may go on with other jobs)
+    dispatched: bool = False
     thread: Optional[threading.Thread] = None
+    done: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
 
     @property
     def action_id(self) -> int:
@@ -54,8 +72,15 @@ class Scheduler:
         self._single_host = single_host
         self._execute = execute
         self._host_of = host_of
-        self._lock = threading.Condition()
-        self._queue: List[Job] = []
+        books = threading.RLock()
+        self._lock = threading.Condition(books)
+        self._work = threading.Condition(books)  # idle workers wait here
+        self._waiting: Dict[Optional[str], Deque[Job]] = {}  # per host, None: any
+        self._ready: List[Tuple[int, Optional[str]]] = []  # (seq, host) of free heads
+        self._queued = 0
+        self._seq = itertools.count()
+        self._handoff: Deque[Job] = deque()  # dispatched, for an idle worker
+        self._idle_workers = 0
         self._running: Dict[int, List[Job]] = {}
         self._busy_hosts: Dict[str, int] = {}
         self._num_running = 0
@@ -73,7 +98,8 @@ class Scheduler:
         with self._lock:
             if self.finalizing:
                 return None
-            self._queue.append(job)
+            job.seq = next(self._seq)
+            self._enqueue(job)
             self._dispatch()
             return job
 
@@ -88,13 +114,13 @@ class Scheduler:
         with self._lock:
             running = self._running.get(action_id, [])
             if not running:
-                for i, job in enumerate(self._queue):
-                    if job.action_id == action_id:
-                        del self._queue[i]
-                        job.gate.shut()
-                        self._lock.notify_all()
-                        return job
-                return None
+                queued = self._first_queued(action_id)
+                if queued is not None:
+                    self._dequeue(queued)
+                    queued.gate.shut()
+                    queued.done.set()
+                    self._lock.notify_all()
+                return queued
             job = running[-1]
             job.gate.shut()
             self._cancelling += 1
@@ -119,7 +145,7 @@ class Scheduler:
         """After FINALIZE: True once nothing is queued, running or still being killed."""
         with self._lock:
             return self._lock.wait_for(
-                lambda: (self.finalizing and not self._queue and self._num_running == 0
+                lambda: (self.finalizing and not self._queued and self._num_running == 0
                          and self._cancelling == 0),
                 timeout)
 
@@ -131,9 +157,14 @@ class Scheduler:
         """
         with self._lock:
             self.finalizing = True
-            for job in self._queue:
-                job.gate.shut()
-            self._queue.clear()
+            for waiting in self._waiting.values():
+                for job in waiting:
+                    job.gate.shut()
+                    job.done.set()
+            self._waiting.clear()
+            self._ready.clear()
+            self._queued = 0
+            self._work.notify_all()  # idle workers leave
             jobs = [job for jobs in self._running.values() for job in jobs]
             for job in jobs:
                 job.gate.shut()
@@ -157,41 +188,120 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - an unreadable payload runs unconstrained
             return None
 
-    def _first_runnable(self) -> Optional[int]:
-        for index, job in enumerate(self._queue):
-            if not job.host or job.host not in self._busy_hosts:
-                return index
+    def _runnable(self, host: Optional[str]) -> bool:
+        return host is None or host not in self._busy_hosts
+
+    def _enqueue(self, job: Job) -> None:
+        host = job.host or None
+        waiting = self._waiting.get(host)
+        if waiting is None:
+            waiting = self._waiting[host] = deque()
+        waiting.append(job)
+        self._queued += 1
+        if len(waiting) == 1 and self._runnable(host):
+            heapq.heappush(self._ready, (job.seq, host))
+
+    def _dequeue(self, job: Job) -> None:
+        """Take a queued job out (a cancel); its host's next job may become a head."""
+        host = job.host or None
+        waiting = self._waiting[host]
+        waiting.remove(job)
+        self._queued -= 1
+        if not waiting:
+            del self._waiting[host]
+        elif self._runnable(host):
+            heapq.heappush(self._ready, (waiting[0].seq, host))  # a stale twin is skipped
+
+    def _first_queued(self, action_id: int) -> Optional[Job]:
+        found: Optional[Job] = None
+        for waiting in self._waiting.values():
+            for job in waiting:
+                if job.action_id == action_id and (found is None or job.seq < found.seq):
+                    found = job
+                    break
+        return found
+
+    def _next_runnable(self) -> Optional[Job]:
+        """The first queued job (in arrival order) whose host is free, taken off the queue.
+
+        Heap entries go stale when their job left (cancelled, run) or its host got
+        busy; they are dropped here instead of being searched for."""
+        ready = self._ready
+        while ready:
+            seq, host = ready[0]
+            waiting = self._waiting.get(host)
+            if not waiting or waiting[0].seq != seq or not self._runnable(host):
+                heapq.heappop(ready)
+                continue
+            heapq.heappop(ready)
+            job = waiting.popleft()
+            self._queued -= 1
+            if not waiting:
+                del self._waiting[host]
+            elif host is None:  # unconstrained jobs: the next one is runnable too
+                heapq.heappush(ready, (waiting[0].seq, None))
+            return job
         return None
 
     def _dispatch(self) -> None:
+        """Start queued jobs while there is room: on an idle worker, else a new one."""
         while self._num_running < self._concurrency:
-            index = self._first_runnable()
-            if index is None:
+            job = self._next_runnable()
+            if job is None:
                 return
-            job = self._queue.pop(index)
-            self._num_running += 1
-            host = job.host
-            if host:
-                self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
-            self._running.setdefault(job.action_id, []).append(job)
-            job.thread = threading.Thread(target=self._run, args=(job, host), daemon=True,
+            self._book(job)
+            if self._idle_workers > len(self._handoff):
+                self._handoff.append(job)
+                self._work.notify()
+            else:
+                thread = threading.Thread(target=self._worker, args=(job,), daemon=True,
                                           name=job.scope.name)
-            job.thread.start()
+                job.thread = thread
+                thread.start()
 
-    def _run(self, job: Job, host: Optional[str]) -> None:
-        try:
-            self._execute(job)
-        finally:
+    def _book(self, job: Job) -> None:
+        job.dispatched = True
+        self._num_running += 1
+        host = job.host
+        if host:
+            self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
+        self._running.setdefault(job.action_id, []).append(job)
+
+    def _unbook(self, job: Job) -> None:
+        self._num_running -= 1
+        host = job.host
+        if host:
+            self._busy_hosts[host] -= 1
+            if not self._busy_hosts[host]:
+                del self._busy_hosts[host]
+                waiting = self._waiting.get(host)
+                if waiting:
+                    heapq.heappush(self._ready, (waiting[0].seq, host))
+        jobs = self._running.get(job.action_id, [])
+        if job in jobs:
+            jobs.remove(job)
+        if not jobs:
+            self._running.pop(job.action_id, None)
+
+    def _worker(self, job: Job) -> None:
+        me = threading.current_thread()
+        while True:
+            job.thread = me
+            me.name = job.scope.name
+            try:
+                self._execute(job)
+            finally:
+                with self._lock:
+                    self._unbook(job)
+                    job.done.set()
+                    self._dispatch()
+                    self._lock.notify_all()
             with self._lock:
-                self._num_running -= 1
-                if host:
-                    self._busy_hosts[host] -= 1
-                    if not self._busy_hosts[host]:
-                        del self._busy_hosts[host]
-                jobs = self._running.get(job.action_id, [])
-                if job in jobs:
-                    jobs.remove(job)
-                if not jobs:
-                    self._running.pop(job.action_id, None)
-                self._dispatch()
-                self._lock.notify_all()
+                self._idle_workers += 1
+                try:
+                    self._work.wait_for(lambda: self._handoff or self.finalizing, IDLE_EXIT)
+                    if not self._handoff:
+                        return
+                    job = self._handoff.popleft()
+                finally:
+                    self._idle_workers -= 1
