@@ -600,6 +600,9 @@ def _build(text: str) -> Document:
     siblings = doc.children
     pos, end = 0, len(text)
     match = _TOKEN.match
+    # the two node kinds of nearly every token are made without __init__ (the
+    # slots are set here): this loop is most of the cost of decoding a request
+    new_element, new_text = Element.__new__, TextNode.__new__
     while pos < end:
         m = match(text, pos)
         if m is None:
@@ -608,14 +611,22 @@ def _build(text: str) -> Document:
         pos = m.end()
         node: Node
         if kind == 1:
-            node = TextNode(m.group(1))
+            raw = m.group(1)
+            text_node = new_text(TextNode)
+            text_node.raw = _NEWLINES.sub("\n", raw) if "\r" in raw else raw
+            text_node.parent = current
+            siblings.append(text_node)
+            continue
         elif kind == 4:
-            element = Element(m.group(2), _attributes(m.group(3)) if m.group(3) else None)
+            name, attributes, empty = m.group(2, 3, 4)
+            element = new_element(Element)
+            element.name = name
+            element.attributes = _attributes(attributes) if attributes else []
+            element.children = []
             element.parent = current
-            if current is None:
-                element._document = doc
+            element._document = doc if current is None else None
             siblings.append(element)
-            if not m.group(4):
+            if not empty:
                 stack.append(element)
                 current, siblings = element, element.children
             continue
