@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import paramiko
 
+from vmm_exec.transports.paramiko.filecache import FileCache
+
 DEFAULT_CONNECT_TIMEOUT = 30.0
 # Keepalives cannot be turned off: the pool relies on them to notice a host that
 # stopped answering (a frozen host keeps the TCP connection up for ever).
@@ -68,13 +70,15 @@ def _positive(value: Any, default: float) -> float:
     return number if number > 0 else default
 
 
+# parsed once per version of the file (see filecache); lookups still run each time
+_CONFIGS: FileCache[paramiko.SSHConfig] = FileCache(paramiko.SSHConfig.from_path)
+
+
 def host_settings(host: str) -> HostSettings:
     """Look ``host`` up in ``$HOME/.ssh/config`` (missing file: defaults)."""
     home = os.path.expanduser("~")
     path = os.path.join(home, ".ssh", "config")
-    config = paramiko.SSHConfig()
-    if os.path.isfile(path):
-        config = paramiko.SSHConfig.from_path(path)
+    config = _CONFIGS.get(path) or paramiko.SSHConfig()
     options: Dict[str, Any] = dict(config.lookup(host))
     hostname = str(options.get("hostname") or host)
     try:

@@ -17,7 +17,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Optional, Union, cast
+from typing import Any, Optional, Set, Union, cast
 
 import paramiko
 
@@ -25,6 +25,7 @@ import vmm_exec.transports.paramiko._private as _private
 import vmm_exec.transports.paramiko.alarms as alarms
 from vmm_exec.cancel import Cancelled
 from vmm_exec.transports.paramiko.config import HostSettings
+from vmm_exec.transports.paramiko.filecache import FileCache
 
 POLL = 0.1
 
@@ -328,17 +329,33 @@ def _discard(client: Optional[paramiko.SSHClient], endpoint: Optional[_Endpoint]
         close_quietly(endpoint)
 
 
+def _parse_known_hosts(path: str) -> paramiko.HostKeys:
+    known = paramiko.HostKeys()
+    try:
+        known.load(path)
+    except (OSError, paramiko.SSHException, ValueError):
+        pass  # what was read before the bad line stays, as before
+    return known
+
+
+# every known_hosts file parsed once per version of it (see filecache)
+_KNOWN_HOSTS: FileCache[paramiko.HostKeys] = FileCache(_parse_known_hosts)
+
+
 def _load_host_keys(client: paramiko.SSHClient, settings: HostSettings) -> None:
+    """Give the client the known keys of this host only: paramiko looks up
+    ``host_key_name`` (the alias's keys go under it, as OpenSSH looks up the alias
+    only); a name's keys from several files keep the files' order."""
     keys = client.get_host_keys()
-    # with a HostKeyAlias, OpenSSH looks up the alias only
-    known = paramiko.HostKeys() if settings.host_key_alias else keys
+    wanted = settings.host_key_alias or settings.host_key_name
+    added: Set[str] = set()
     for path in settings.known_hosts:
-        if os.path.isfile(path):
-            try:
-                known.load(path)
-            except (OSError, paramiko.SSHException, ValueError):
-                pass
-    if settings.host_key_alias:
-        for key_type, key in (known.lookup(settings.host_key_alias) or {}).items():
-            keys.add(settings.host_key_name, key_type, key)
+        known = _KNOWN_HOSTS.get(path)
+        found = known.lookup(wanted) if known is not None else None
+        if found is None:
+            continue
+        for key_type in found.keys():
+            if key_type not in added:  # the first file's key of a type is the one used
+                added.add(key_type)
+                keys.add(settings.host_key_name, key_type, found[key_type])
     client.set_missing_host_key_policy(_RejectUnknown(settings.host_key_alias))
