@@ -552,3 +552,26 @@ def test_workers_are_reused_and_leave_when_idle(monkeypatch: pytest.MonkeyPatch)
         assert later is not None and later.done.wait(WAIT)
     finally:
         scheduler.stop_all(grace=0.2)
+
+
+def test_a_raising_action_does_not_strand_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``execute`` is not supposed to raise (the driver answers every failure); if it
+    does, the worker's books are kept and the queued job still runs."""
+    ran: List[str] = []
+    raised: List[object] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_type))
+
+    def execute(job: Job) -> None:
+        ran.append(job.msg_id)
+        if job.msg_id == "1":
+            raise RuntimeError("boom")
+
+    scheduler = Scheduler(1, True, execute, lambda r: "h1")
+    try:
+        first, second = scheduler.submit(request(1)), scheduler.submit(request(2))
+        assert first is not None and second is not None
+        assert first.done.wait(WAIT) and second.done.wait(WAIT)
+        assert ran == ["1", "2"] and scheduler.running_count == 0
+        wait_until(lambda: raised == [RuntimeError], WAIT, what="the worker's exception")
+    finally:
+        scheduler.stop_all(grace=0.2)

@@ -288,14 +288,27 @@ class Scheduler:
         while True:
             job.thread = me
             me.name = job.scope.name
+            follow: Optional[Job] = None
+            returned = False
             try:
                 self._execute(job)
+                returned = True
             finally:
                 with self._lock:
                     self._unbook(job)
                     job.done.set()
+                    # this worker goes on with the next job itself (a new thread
+                    # for it while this one idles would double the threads); one
+                    # that is raising leaves the next job to a new thread
+                    if returned and self._num_running < self._concurrency:
+                        follow = self._next_runnable()
+                        if follow is not None:
+                            self._book(follow)
                     self._dispatch()
                     self._lock.notify_all()
+            if follow is not None:
+                job = follow
+                continue
             with self._lock:
                 self._idle_workers += 1
                 try:
