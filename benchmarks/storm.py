@@ -142,6 +142,30 @@ def cpu_seconds(pid: int) -> Tuple[float, float]:
     return own, children
 
 
+def hosts_cpu(bed: Testbed) -> float:
+    """CPU seconds of the hosts' sshds and everything under them (handshakes, shells,
+    scripts): live processes' own and reaped children's time, the listeners' reaped
+    sessions included. A session alive at both readings is counted from its start."""
+    parents: Dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry)] = int(data[data.rfind(b")") + 2:].split()[1])
+    roots = {info.sshd_pid for info in bed.hosts.values() if info.sshd_pid is not None}
+    under = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in under and pid not in under:
+                under.add(pid)
+                grew = True
+    return sum(sum(cpu_seconds(pid)) for pid in under)
+
+
 def fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -282,6 +306,7 @@ class Result:
     cpu: float
     children_cpu: float
     rss_kib: int
+    hosts_cpu: float  # the hosts' sshds and what they ran (same machine: same CPUs)
     peaks: Peaks
     latencies: List[float] = field(default_factory=list)
     reasons: List[str] = field(default_factory=list)
@@ -347,6 +372,7 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
         if profile:
             spy = start_spy(driver.proc.pid, os.path.join(profile, f"{transport}.txt"))
         cpu0, children0 = cpu_seconds(driver.proc.pid)
+        hosts0 = hosts_cpu(bed)
         sent: Dict[str, float] = {}
         start = time.monotonic()
         for vm, _action, line in work:
@@ -357,6 +383,7 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
         time.sleep(SETTLE)
         sampler.sample()
         cpu1, children1 = cpu_seconds(driver.proc.pid)
+        hosts1 = hosts_cpu(bed)
         rss = proc_status(driver.proc.pid).get("VmHWM", -1)
     finally:
         if spy is not None:
@@ -376,7 +403,7 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
     failures = sum(1 for items in answers.values() for item in items if item[1] != "SUCCESS")
     return Result(transport, vms, len(hosts), elapsed, sum(map(len, answers.values())),
                   exactly_once, failures, cpu1 - cpu0, children1 - children0, rss,
-                  sampler.peaks if sampler else Peaks(), latencies,
+                  hosts1 - hosts0, sampler.peaks if sampler else Peaks(), latencies,
                   sorted(set(driver.failures))[:3])
 
 
@@ -410,9 +437,10 @@ def machine() -> str:
 def report(result: Result, threads: int) -> None:
     per = result.cpu / result.vms * 1000 if result.vms else 0.0
     kids = result.children_cpu / result.vms * 1000 if result.vms else 0.0
+    hosts = result.hosts_cpu / result.vms * 1000 if result.vms else 0.0
     bound = 2 * threads + 10
     print(f"  {result.transport:<11} {result.rate:7.1f} act/s  "
-          f"CPU {per:5.1f} ms/act (+{kids:.1f} ssh)  "
+          f"CPU {per:5.1f} ms/act (+{kids:.1f} ssh, hosts {hosts:.1f})  "
           f"RSS {result.rss_kib / 1024:6.1f} MB  "
           f"threads {result.peaks.threads:4d}{'' if result.peaks.threads <= bound else '!'}  "
           f"fds {result.peaks.fds:4d}  conns {result.peaks.connections:4d}  "
