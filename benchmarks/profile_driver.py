@@ -22,12 +22,18 @@ import time
 from typing import Any, List, NoReturn
 
 _DONE: List[cProfile.Profile] = []
-_LOCK = threading.Lock()
+_LOCK = threading.Condition()
+_LIVE = [0]  # profiled threads still running
 _run = threading.Thread.run
+# the scheduler's workers wait this long for more work before they end; short here,
+# so that their profiles are finished (and merged) when the driver exits
+WORKER_IDLE_EXIT = 0.05
 
 
 def _profiled_run(self: threading.Thread) -> None:
     profile = cProfile.Profile(time.thread_time)
+    with _LOCK:
+        _LIVE[0] += 1
     profile.enable()
     try:
         _run(self)
@@ -35,11 +41,16 @@ def _profiled_run(self: threading.Thread) -> None:
         profile.disable()
         with _LOCK:
             _DONE.append(profile)
+            _LIVE[0] -= 1
+            _LOCK.notify_all()
 
 
 def _dump(main: cProfile.Profile, path: str) -> None:
     main.disable()
     with _LOCK:
+        # idle workers end within WORKER_IDLE_EXIT; others (readers of ended
+        # commands) within moments; what still runs after a second is left out
+        _LOCK.wait_for(lambda: _LIVE[0] <= 0, 1.0)
         profiles = [main, *_DONE]
     stats = pstats.Stats(profiles[0])
     for profile in profiles[1:]:
@@ -50,6 +61,9 @@ def _dump(main: cProfile.Profile, path: str) -> None:
 def main() -> None:
     path = os.environ.get("VMM_PROFILE_OUT", "driver.prof")
     threading.Thread.run = _profiled_run  # type: ignore[method-assign]
+    import vmm_exec.scheduler
+
+    vmm_exec.scheduler.IDLE_EXIT = WORKER_IDLE_EXIT
     profile = cProfile.Profile(time.thread_time)
     real_exit = os._exit
 

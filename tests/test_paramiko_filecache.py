@@ -101,3 +101,40 @@ def test_hashed_known_hosts_entries_are_found(tmp_path: Path, hashed: bool) -> N
     settings = HostSettings(alias="x", hostname="127.0.0.5", port=2200, user="u",
                             known_hosts=[str(path)])
     assert _host_keys_of(settings) == {key.get_name(): key.get_base64()}
+
+
+def test_host_settings_follow_edits_of_the_config(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmm_exec.transports.paramiko import config as config_module
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    path = tmp_path / ".ssh" / "config"
+    assert config_module.host_settings("h1").port == 22  # no file: defaults
+    path.write_text("Host h1\n  Port 2201\n  User alice\n")
+    first = config_module.host_settings("h1")
+    assert (first.port, first.user) == (2201, "alice")
+    assert config_module.host_settings("h1") is first  # kept for this version of the file
+    st = path.stat()
+    path.write_text("Host h1\n  Port 2202\n  User alice\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert config_module.host_settings("h1").port == 2202
+
+
+def test_a_config_with_match_blocks_is_looked_up_every_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmm_exec.transports.paramiko import config as config_module
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    devnull = open(os.devnull, encoding="ascii")  # invoke (Match exec) reads stdin
+    monkeypatch.setattr("sys.stdin", devnull)
+    (tmp_path / ".ssh").mkdir()
+    counter = tmp_path / "runs"
+    (tmp_path / ".ssh" / "config").write_text(
+        f'Match host h1 exec "echo x >> {counter}"\n  Port 2203\n')
+    try:
+        for _ in range(3):
+            assert config_module.host_settings("h1").port == 2203
+    finally:
+        devnull.close()
+    assert counter.read_text().count("x") >= 3  # Match exec ran on every lookup

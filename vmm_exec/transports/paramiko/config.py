@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import paramiko
 
-from vmm_exec.transports.paramiko.filecache import FileCache
+from vmm_exec.transports.paramiko.filecache import FileCache, identity
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 # Keepalives cannot be turned off: the pool relies on them to notice a host that
@@ -26,7 +28,7 @@ DEFAULT_ALIVE_COUNT = 3
 KNOWN_HOSTS_GLOBAL = "/etc/ssh/ssh_known_hosts"
 
 
-@dataclass
+@dataclass(frozen=True)
 class HostSettings:
     """What ``~/.ssh/config`` says about one host, as used to connect."""
 
@@ -70,15 +72,47 @@ def _positive(value: Any, default: float) -> float:
     return number if number > 0 else default
 
 
-# parsed once per version of the file (see filecache); lookups still run each time
-_CONFIGS: FileCache[paramiko.SSHConfig] = FileCache(paramiko.SSHConfig.from_path)
+_MATCH = re.compile(r"^\s*match\b", re.IGNORECASE | re.MULTILINE)
+
+
+def _parse_config(path: str) -> Tuple[paramiko.SSHConfig, bool]:
+    """The parsed file, and whether it has ``Match`` blocks (``Match exec`` runs a
+    command per lookup: such a file's lookups are never kept)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        text = fh.read()
+    return paramiko.SSHConfig.from_text(text), bool(_MATCH.search(text))
+
+
+# parsed once per version of the file (see filecache), and each host's settings
+# kept for that version: paramiko's lookup walks every Host block (80 hosts: about
+# as long as the rest of a connection's set-up)
+_CONFIGS: FileCache[Tuple[paramiko.SSHConfig, bool]] = FileCache(_parse_config)
+_SETTINGS: Dict[Tuple[Any, ...], HostSettings] = {}
+_SETTINGS_LIMIT = 4096
+_SETTINGS_LOCK = threading.Lock()
 
 
 def host_settings(host: str) -> HostSettings:
     """Look ``host`` up in ``$HOME/.ssh/config`` (missing file: defaults)."""
     home = os.path.expanduser("~")
     path = os.path.join(home, ".ssh", "config")
-    config = _CONFIGS.get(path) or paramiko.SSHConfig()
+    user = getpass.getuser()
+    key = (path, identity(path), host, home, user)
+    with _SETTINGS_LOCK:
+        known = _SETTINGS.get(key)
+    if known is not None:
+        return known
+    config, dynamic = _CONFIGS.get(path) or (paramiko.SSHConfig(), False)
+    settings = _settings(config, host, home, user)
+    if not dynamic:
+        with _SETTINGS_LOCK:
+            if len(_SETTINGS) >= _SETTINGS_LIMIT:
+                _SETTINGS.clear()
+            _SETTINGS[key] = settings
+    return settings
+
+
+def _settings(config: paramiko.SSHConfig, host: str, home: str, user: str) -> HostSettings:
     options: Dict[str, Any] = dict(config.lookup(host))
     hostname = str(options.get("hostname") or host)
     try:
@@ -99,7 +133,7 @@ def host_settings(host: str) -> HostSettings:
     jump = options.get("proxyjump")
     return HostSettings(
         alias=host, hostname=hostname, port=port,
-        user=str(options.get("user") or getpass.getuser()),
+        user=str(options.get("user") or user),
         identity_files=identities, known_hosts=known,
         host_key_alias=options.get("hostkeyalias") or None,
         proxy_command=None if proxy in (None, "", "none") else str(proxy),
