@@ -77,19 +77,31 @@ IDENTIFY_GROUP = f"g={_stat_field('$$', 3)}; echo \"$g {_stat_field('$g', 20)}\"
 # in what the scripts see. It ignores TERM (it is in the group);
 # WATCHDOG_DISARM stops it before the shell exits on purpose. The variable names
 # are the driver's own.
+#
+# The fields are read by a shell function (``read`` and ``set --``, builtins
+# of every POSIX shell) instead of ``$(sed | cut)``: that was three processes per
+# field, a dozen per stream and six more per second of a running watchdog, most
+# of the work a host did for a short action. ``__vmm_f PID N`` sets ``__vmm_r``
+# to field N after the last ") " ('' when the process is gone).
+STAT_FIELD_FUNCTION = (
+    "__vmm_f() { __vmm_r=; read -r __vmm_r 2>/dev/null </proc/$1/stat || return 1; "
+    "__vmm_r=${__vmm_r##*) }; __vmm_n=$2; set -- $__vmm_r; "
+    "eval \"__vmm_r=\\${$__vmm_n}\"; }; "
+)
 WATCHDOG_START = (
-    f"__vmm_g={_stat_field('$$', 3)}; __vmm_s={_stat_field('$__vmm_g', 2)}; "
-    f"__vmm_u={_stat_field('$__vmm_s', 20)}; __vmm_t={_stat_field('$__vmm_g', 20)}; "
+    STAT_FIELD_FUNCTION
+    + "__vmm_f $$ 3; __vmm_g=$__vmm_r; __vmm_f \"$__vmm_g\" 2; __vmm_s=$__vmm_r; "
+    "__vmm_f \"$__vmm_s\" 20; __vmm_u=$__vmm_r; __vmm_f \"$__vmm_g\" 20; __vmm_t=$__vmm_r; "
     "__vmm_w=; "
     "if [ -n \"$__vmm_g\" ] && [ -n \"$__vmm_u\" ] && [ -n \"$__vmm_t\" ] "
     "&& [ \"$__vmm_s\" != 1 ]; then "
     "( trap '' TERM; exec </dev/null >/dev/null 2>&1; "
-    f"while [ \"{_stat_field('$__vmm_s', 20)}\" = \"$__vmm_u\" ] "
-    f"&& [ \"{_stat_field('$__vmm_g', 20)}\" = \"$__vmm_t\" ]; do sleep 1; done; "
+    "while __vmm_f \"$__vmm_s\" 20 && [ \"$__vmm_r\" = \"$__vmm_u\" ] "
+    "&& __vmm_f \"$__vmm_g\" 20 && [ \"$__vmm_r\" = \"$__vmm_t\" ]; do sleep 1; done; "
     "kill -TERM -$__vmm_g; sleep 2; kill -KILL -$__vmm_g ) & __vmm_w=$!; fi\n"
 )
-# framed after WATCHDOG_START: "PGID START" of the shell's group
-WATCHDOG_REPORT = f"echo \"$__vmm_g {_stat_field('$__vmm_g', 20)}\""
+# framed after WATCHDOG_START: "PGID START" of the shell's group (read by it)
+WATCHDOG_REPORT = "echo \"$__vmm_g $__vmm_t\""
 WATCHDOG_DISARM = "kill -KILL $__vmm_w 2>/dev/null; wait $__vmm_w 2>/dev/null"
 
 _GROUP = re.compile(r"([0-9]+) ([0-9]+)")
