@@ -146,6 +146,7 @@ class Message:
     def __init__(self, root: Element) -> None:
         self.root = root
         self._written: Dict[str, str] = {}
+        self._found: Dict[str, Optional[Element]] = {}  # an action reads a path many times
 
     @classmethod
     def decode(cls, payload_b64: str) -> Message:
@@ -155,9 +156,14 @@ class Message:
     def element(self, path: str) -> Optional[Element]:
         """``xml_data.elements[path]``."""
         try:
-            return self.root.find(path)
+            return self._found[path]
+        except KeyError:
+            pass
+        try:
+            found = self._found[path] = self.root.find(path)
         except XmlError as exc:
             raise MessageError(str(exc)) from exc
+        return found
 
     def text(self, path: str) -> Optional[str]:
         """``xml_data.elements[path].text``: None if the element or its text is missing."""

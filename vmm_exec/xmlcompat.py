@@ -637,8 +637,13 @@ def _build(text: str) -> Document:
             current = stack[-1] if stack else None
             siblings = current.children if current is not None else doc.children
             continue
-        elif kind == 6:
-            node = CDataNode(m.group(6))
+        elif kind == 6:  # OpenNebula writes nearly every value as CDATA
+            raw = m.group(6)
+            cdata = new_text(CDataNode)
+            cdata.raw = _NEWLINES.sub("\n", raw) if "\r" in raw else raw
+            cdata.parent = current
+            siblings.append(cdata)
+            continue
         elif kind == 7:
             node = CommentNode(m.group(7))
         elif kind in (8, 9):
