@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import threading
@@ -20,34 +21,49 @@ DRAIN_GRACE = 0.5
 ABORT_DRAIN = 0.5
 
 
-class _Reader(threading.Thread):
-    """Drains one pipe so that no amount of output can block the child."""
+class _Drain(threading.Thread):
+    """Drains the command's stdout and stderr (one thread for both) so that no
+    amount of output can block the child; ``ended[i]`` is set at pipe i's end."""
 
-    def __init__(self, pipe: IO[bytes]) -> None:
+    def __init__(self, pipes: Sequence[IO[bytes]]) -> None:
         super().__init__(daemon=True)
-        self.pipe = pipe
-        self.chunks: List[bytes] = []
+        self.pipes = list(pipes)
+        self.chunks: List[List[bytes]] = [[] for _ in self.pipes]
+        self.ended = [threading.Event() for _ in self.pipes]
 
     def run(self) -> None:
-        fd = self.pipe.fileno()
+        selector = selectors.DefaultSelector()
         try:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self.chunks.append(chunk)
-        except OSError:
-            pass
+            for index, pipe in enumerate(self.pipes):
+                selector.register(pipe.fileno(), selectors.EVENT_READ, index)
+            while selector.get_map():
+                for key, _events in selector.select():
+                    try:
+                        chunk = os.read(key.fd, 65536)
+                    except OSError:
+                        chunk = b""
+                    if chunk:
+                        self.chunks[key.data].append(chunk)
+                    else:
+                        selector.unregister(key.fd)
+                        self._close(key.data)
         finally:
-            # the reader owns the pipe: closing it from another thread while a
-            # read is blocked would let the fd number be reused under it
+            selector.close()
+            for index in range(len(self.pipes)):
+                self._close(index)
+
+    def _close(self, index: int) -> None:
+        # the drain owns the pipes: closing one from another thread while a read
+        # is blocked would let the fd number be reused under it
+        if not self.ended[index].is_set():
             try:
-                self.pipe.close()
+                self.pipes[index].close()
             except OSError:
                 pass
+            self.ended[index].set()
 
-    def text(self) -> str:
-        return decode(b"".join(self.chunks))
+    def text(self, index: int) -> str:
+        return decode(b"".join(self.chunks[index]))
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:
@@ -60,6 +76,27 @@ def _feed(pipe: IO[bytes], data: bytes) -> None:
             pipe.close()
         except OSError:
             pass
+
+
+def _feed_soon(pipe: IO[bytes], data: bytes) -> None:
+    """Write the command's input and close it: at once when the pipe takes it all
+    (nearly always: scripts get a few KiB), else the rest from a thread."""
+    fd = pipe.fileno()
+    written = 0
+    try:
+        os.set_blocking(fd, False)
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except BlockingIOError:
+        os.set_blocking(fd, True)
+        threading.Thread(target=_feed, args=(pipe, data[written:]), daemon=True).start()
+        return
+    except OSError:
+        pass  # the command does not read its input
+    try:
+        pipe.close()
+    except OSError:
+        pass
 
 
 def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional[str],
@@ -86,11 +123,9 @@ def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional
         # what /bin/sh would have said and returned (Ruby ran every command through it)
         return Execution(text, 127, "", f"{shell_argv[0]}: {exc.strerror}\n")
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
-    for reader in readers:
-        reader.start()
-    writer = threading.Thread(target=_feed, args=(proc.stdin, encode(stdin)), daemon=True)
-    writer.start()
+    drain = _Drain((proc.stdout, proc.stderr))
+    drain.start()
+    _feed_soon(proc.stdin, encode(stdin))
     registration = None
     if on_abort is not None:
         abort = on_abort
@@ -100,8 +135,8 @@ def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional
             # in the pipe, and the reader reaches its end at once (the ssh transport's
             # group marker, written just before the command started, must not be lost
             # in the pipe buffer); bounded, for a child that keeps the pipe open
-            readers[1].join(ABORT_DRAIN)
-            return readers[1].text()
+            drain.ended[1].wait(ABORT_DRAIN)
+            return drain.text(1)
 
         registration = scope.on_cancel(lambda: abort(stderr_so_far()), "remote side")
     timed_out = False
@@ -112,7 +147,7 @@ def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional
             scope.signal_group(proc, signal.SIGTERM)
             if registration is not None:
                 registration.remove()
-                seen = readers[1].text()
+                seen = drain.text(1)
                 detach(lambda: abort(seen), "remote side of a timed-out command")
             rc = scope.stop(proc, TERM_GRACE)
     finally:
@@ -120,11 +155,10 @@ def capture(scope: CancelScope, argv: Union[str, Sequence[str]], stdin: Optional
             registration.remove()
         if proc.returncode is None:  # an exception: leave nothing running
             scope.stop(proc, 0)
-    for reader in readers:
-        reader.join(DRAIN_GRACE)
+    drain.join(DRAIN_GRACE)
     scope.check()
     code = rc if rc >= 0 else 255
-    return Execution(text, code, readers[0].text(), readers[1].text(), timed_out)
+    return Execution(text, code, drain.text(0), drain.text(1), timed_out)
 
 
 def run_local(scope: CancelScope, command: str, log: Logger, stdin: Optional[str] = None,
