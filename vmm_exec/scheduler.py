@@ -30,6 +30,7 @@ from vmm_exec.protocol import Gate, Request
 
 # how long shutdown waits for all cancelled actions together
 STOP_DEADLINE = 8.0
+_DONE_LOCK = threading.Lock()
 # how long a worker thread without work waits for the next job before it ends
 IDLE_EXIT = 5.0
 
@@ -51,8 +52,27 @@ class Job:
     # ``thread``, may go on with other jobs)
     dispatched: bool = False
     thread: Optional[threading.Thread] = None
-    done: threading.Event = field(default_factory=threading.Event)
     seq: int = 0
+    # made when first asked for: an Event is about 1 KiB, and thousands of jobs
+    # may wait in the queue (the queue's memory target is 1.5 x the raw lines)
+    _done: Optional[threading.Event] = field(default=None, repr=False)
+    _finished: bool = field(default=False, repr=False)
+
+    @property
+    def done(self) -> threading.Event:
+        with _DONE_LOCK:
+            if self._done is None:
+                self._done = threading.Event()
+                if self._finished:
+                    self._done.set()
+            return self._done
+
+    def finish(self) -> None:
+        """It has left the scheduler's books: ``done`` is (or will be made) set."""
+        with _DONE_LOCK:
+            self._finished = True
+            if self._done is not None:
+                self._done.set()
 
     @property
     def action_id(self) -> int:
@@ -118,7 +138,7 @@ class Scheduler:
                 if queued is not None:
                     self._dequeue(queued)
                     queued.gate.shut()
-                    queued.done.set()
+                    queued.finish()
                     self._lock.notify_all()
                 return queued
             job = running[-1]
@@ -160,7 +180,7 @@ class Scheduler:
             for waiting in self._waiting.values():
                 for job in waiting:
                     job.gate.shut()
-                    job.done.set()
+                    job.finish()
             self._waiting.clear()
             self._ready.clear()
             self._queued = 0
@@ -296,7 +316,7 @@ class Scheduler:
             finally:
                 with self._lock:
                     self._unbook(job)
-                    job.done.set()
+                    job.finish()
                     # this worker goes on with the next job itself (a new thread
                     # for it while this one idles would double the threads); one
                     # that is raising leaves the next job to a new thread
