@@ -287,7 +287,7 @@ def connect(settings: HostSettings, deadline: Deadline, attempt: Attempt) -> par
                            key_filename=cast(Any, identities or None),
                            look_for_keys=not settings.identity_files, allow_agent=agent,
                            sock=cast(Any, endpoint), timeout=slack, banner_timeout=slack,
-                           auth_timeout=slack)
+                           auth_timeout=slack, transport_factory=aead_first_transport)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if client is not None and _private.banner_received(client.get_transport()):
                 attempt.phase = "after banner"
@@ -320,6 +320,22 @@ def connect(settings: HostSettings, deadline: Deadline, attempt: Attempt) -> par
         raise (TimedOut if action_bound and reason == EXPIRED else ConnectFailure)(
             timeout_message(settings, "after banner"))
     return client
+
+
+# Ciphers with their own integrity check (AES-GCM, done in one OpenSSL call per
+# packet) before the CTR + HMAC pairs paramiko prefers: an HMAC is computed in
+# Python per packet, a few percent of the driver's CPU per action. Only the order
+# changes; a server without them negotiates the others as before.
+AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def aead_first_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = list(options.ciphers)
+    options.ciphers = tuple([c for c in AEAD_CIPHERS if c in offered]
+                            + [c for c in offered if c not in AEAD_CIPHERS])
+    return transport
 
 
 def _discard(client: Optional[paramiko.SSHClient], endpoint: Optional[_Endpoint]) -> None:

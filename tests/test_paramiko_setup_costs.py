@@ -1,10 +1,11 @@
-"""The paramiko transport parses ssh config and known_hosts once per version of the file."""
+"""What a new paramiko connection costs: ssh config and known_hosts parsed once per
+version of the file, the host's settings kept, AES-GCM preferred (no HMAC in Python)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import paramiko
 import pytest
@@ -138,3 +139,22 @@ def test_a_config_with_match_blocks_is_looked_up_every_time(
     finally:
         devnull.close()
     assert counter.read_text().count("x") >= 3  # Match exec ran on every lookup
+
+
+def test_connections_prefer_aes_gcm(testbed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real sshd negotiates AES-GCM with us (no per-packet HMAC in Python)."""
+    from vmm_exec.transports.paramiko.config import host_settings
+    from vmm_exec.transports.paramiko.connect import Attempt, Deadline, connect
+
+    monkeypatch.setenv("HOME", testbed.client_home)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    client = connect(host_settings("host01"), Deadline(30), Attempt())
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        assert (transport.local_cipher, transport.remote_cipher) == (
+            "aes128-gcm@openssh.com", "aes128-gcm@openssh.com")
+        _stdin, stdout, _stderr = client.exec_command("echo ok")
+        assert stdout.read() == b"ok\n"
+    finally:
+        client.close()
