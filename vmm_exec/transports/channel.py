@@ -8,11 +8,14 @@ transport provides the same over an SSH channel.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import selectors
 import signal
+import struct
 import subprocess
+import termios
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from vmm_exec.cancel import CancelScope
@@ -53,6 +56,17 @@ class Channel(Protocol):
         """Free what is left (pipes, registrations) once the channel is over."""
 
 
+def _pipe_room(fd: int) -> int:
+    """Bytes a write to pipe ``fd`` takes now without blocking (its capacity less
+    what waits in it; Linux), 0 where that cannot be told. We are its only writer."""
+    try:
+        capacity = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        queued: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, AttributeError):
+        return 0
+    return max(0, capacity - queued)
+
+
 class ProcessChannel:
     """A channel over a local process started in its own session (e.g. ``ssh HOST bash -s``)."""
 
@@ -81,13 +95,18 @@ class ProcessChannel:
 
     def send_now(self, data: bytes) -> bool:
         stdin = self.proc.stdin
-        if stdin is None or len(data) > PIPE_ATOMIC:
+        if stdin is None:
             return False
         try:
-            poller = select.poll()
-            poller.register(stdin.fileno(), select.POLLOUT)
-            if not poller.poll(0):
-                return False
+            if len(data) > PIPE_ATOMIC:
+                # a here-document of a few KiB (a VM's XML): fits if the pipe has room
+                if not _pipe_room(stdin.fileno()) >= len(data):
+                    return False
+            else:
+                poller = select.poll()
+                poller.register(stdin.fileno(), select.POLLOUT)
+                if not poller.poll(0):
+                    return False
         except (OSError, ValueError):
             return False
         self.send(data)
