@@ -441,3 +441,94 @@ def test_peek_text_reads_host_as_the_full_parse_does(xml: str) -> None:
     except MessageError as exc:
         got = type(exc)
     assert got == expected
+
+
+# --------------------------------------------------------------------------
+# the network view is built from copies of the matches: the same as REXML's
+# re-parse of VM.to_s with the matches moved out of it (the reference below)
+# --------------------------------------------------------------------------
+def reference_vnm_view(m: Message) -> Tuple[List[str], str]:
+    from vmm_exec import xmlcompat
+    from vmm_exec.message import VNM_DEVICES, VNM_XPATHS, _add_element_to_path
+
+    vm = m.element("VM")
+    assert vm is not None
+    try:
+        source = xmlcompat.parse(vm.to_s()).root
+    except xmlcompat.XmlError as exc:
+        raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
+    assert source is not None
+    view = xmlcompat.Element("VM")
+    for xpath in VNM_XPATHS:
+        for element in source.find_all(xpath):
+            _add_element_to_path(view, element, xpath)
+    drivers: List[str] = []
+    for device in VNM_DEVICES:
+        for element in source.find_all("TEMPLATE/" + device):
+            node = element.get_text("VN_MAD")
+            vn_mad = node.to_s() if node is not None else ""
+            if vn_mad:
+                if vn_mad not in drivers:
+                    drivers.append(vn_mad)
+                _add_element_to_path(view, element, "TEMPLATE/" + device)
+    return drivers, view.to_s()
+
+
+VM_NAMES = ["ID", "DEPLOY_ID", "TEMPLATE", "CONTEXT", "USER_TEMPLATE", "SECURITY_GROUP_RULE",
+            "HISTORY_RECORDS", "HISTORY", "HOSTNAME", "HID", "DS_ID", "VM_MAD", "NIC",
+            "NIC_ALIAS", "PCI", "VN_MAD", "DISK", "x:NIC", "n:VN_MAD"]
+VM_TEXT = st.sampled_from(["", "br0", "ovswitch", "a:b", " ", "<![CDATA[bridge]]>", "&amp;",
+                           "<!-- c -->", "x='1'"])
+
+
+@st.composite
+def vm_children(draw: st.DrawFn, depth: int = 0) -> str:
+    parts = []
+    for _ in range(draw(st.integers(0, 4 if depth < 3 else 0))):
+        name = draw(st.sampled_from(VM_NAMES))
+        attrs = draw(st.sampled_from(["", " a='1'", ' b="x:y"', " x:c='2'", " xmlns:x='u'",
+                                      " xmlns:n='u'"]))
+        if draw(st.booleans()):
+            body = draw(VM_TEXT)
+        else:
+            body = draw(vm_children(depth + 1))
+        parts.append(f"<{name}{attrs}>{body}</{name}>")
+    return "".join(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(vm_children(), st.sampled_from(["", " xmlns:x='u'", " xmlns:n='u'"]),
+       st.sampled_from(["", " xmlns:x='u' xmlns:n='u'"]))
+def test_vnm_view_equals_the_reparse_of_vm_to_s(children: str, vm_ns: str, outer_ns: str) -> None:
+    text = f"<D{outer_ns}><HOST>h</HOST><VM{vm_ns}>{children}</VM></D>"
+    try:
+        m = decode(b64(text))
+    except MessageError:
+        return  # not well-formed as a whole (an undeclared prefix): nothing to view
+    try:
+        expected = reference_vnm_view(m)
+    except MessageError as exc:
+        with pytest.raises(MessageError, match="network driver view"):
+            m.vnm_view()
+        assert "not well-formed" in str(exc)
+        return
+    assert m.vnm_view() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(vm_children())
+def test_a_prefixed_name_is_never_missed(children: str) -> None:
+    from vmm_exec.message import _MAYBE_PREFIXED
+
+    m = decode(b64(f"<D xmlns:x='u' xmlns:n='u'><VM>{children}</VM></D>"))
+    vm = m.element("VM")
+    assert vm is not None
+    names = []
+    stack = [vm]
+    while stack:
+        element = stack.pop()
+        names.append(element.name)
+        names.extend(key for key, _ in element.attributes)
+        stack.extend(element.elements())
+    if any(":" in name for name in names):
+        assert _MAYBE_PREFIXED.search(m.element_xml("VM"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from vmm_exec import rubyisms, xmlcompat
 from vmm_exec.xmlcompat import Element, XmlError
@@ -203,13 +203,20 @@ class Message:
         if vm is None:
             raise MessageError("the action payload has no VM element")
         try:
-            # REXML parses VM.to_s again; a copy is that parse without its cost
-            source = xmlcompat.reparsed_copy(vm) or _root(
-                xmlcompat.parse(self.element_xml("VM")))
+            # REXML parses VM.to_s again and moves the matches out of that copy.
+            # The matches are disjoint subtrees, so copying each from our own
+            # tree (as that parse would have them) gives the same view without
+            # re-parsing or copying the rest of the VM; a prefixed name anywhere
+            # takes the real parse (it may fail there, as in REXML).
+            source = vm
+            take: Callable[[Element], Element] = _copy_of
+            if _MAYBE_PREFIXED.search(self.element_xml("VM")):
+                source = _root(xmlcompat.parse(self.element_xml("VM")))
+                take = _itself
             view = Element("VM")  # REXML::Document.new('<VM></VM>').root
             for xpath in VNM_XPATHS:
                 for element in source.find_all(xpath):
-                    _add_element_to_path(view, element, xpath)
+                    _add_element_to_path(view, take(element), xpath)
             drivers: List[str] = []
             for device in VNM_DEVICES:
                 xpath = "TEMPLATE/" + device
@@ -220,10 +227,27 @@ class Message:
                         continue
                     if vn_mad not in drivers:
                         drivers.append(vn_mad)
-                    _add_element_to_path(view, element, xpath)
+                    _add_element_to_path(view, take(element), xpath)
         except XmlError as exc:
             raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
         return drivers, view.to_s()
+
+
+# In the VM as written (``<name`` and `` key='value'``, canonical): a start tag or
+# an attribute whose name has a colon. Text that merely looks so only sends the
+# view down the slower, exact path; a prefixed name is never missed.
+_MAYBE_PREFIXED = re.compile(r"<[^\s/>!?:]*:| [^\s=/>'\":]*:[^\s=/>'\"]*='")
+
+
+def _copy_of(element: Element) -> Element:
+    copy = xmlcompat.reparsed_copy(element)
+    if copy is None:  # pragma: no cover - has_prefixed_name was checked first
+        raise XmlError(f"cannot copy <{element.name}>")
+    return copy
+
+
+def _itself(element: Element) -> Element:
+    return element
 
 
 def _root(doc: xmlcompat.Document) -> Element:

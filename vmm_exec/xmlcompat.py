@@ -799,10 +799,17 @@ def _evaluate(path: _Path, context: Element) -> List[Element]:
         nodes = [context]
     for step in path.steps:
         selected: List[Union[Element, Document]] = []
+        name = step.name
         for node in nodes:
-            matches = [
-                c for c in node.children if isinstance(c, Element) and _name_test(c, step.name)
-            ]
+            if name == "*":
+                matches = [c for c in node.children if type(c) is Element]
+            else:
+                # an unprefixed element matches by its name alone (_name_test);
+                # only prefixed ones need the namespace comparison
+                matches = [
+                    c for c in node.children if type(c) is Element and (
+                        c.name == name or (":" in c.name and _name_test(c, name)))
+                ]
             for predicate in step.predicates:
                 matches = [
                     c for i, c in enumerate(matches, 1) if _predicate_holds(c, i, predicate)
