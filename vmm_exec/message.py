@@ -241,7 +241,7 @@ _MAYBE_PREFIXED = re.compile(r"<[^\s/>!?:]*:| [^\s=/>'\":]*:[^\s=/>'\"]*='")
 
 def _copy_of(element: Element) -> Element:
     copy = xmlcompat.reparsed_copy(element)
-    if copy is None:  # pragma: no cover - has_prefixed_name was checked first
+    if copy is None:  # pragma: no cover - _MAYBE_PREFIXED sent prefixed names elsewhere
         raise XmlError(f"cannot copy <{element.name}>")
     return copy
 
