@@ -50,17 +50,24 @@ class RemoteGroup:
     start: str
 
 
-# Field N of /proc/PID/stat, cut after the last ") " so that a command name with
-# blanks or parentheses cannot shift the fields (pgrp is 3rd after it, ppid 2nd,
-# starttime 20th).
-def _stat_field(pid: str, field: int) -> str:
-    return f"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f{field})"
-
+# Field N of /proc/PID/stat, counted after the last ") " so that a command name
+# with blanks or parentheses cannot shift the fields (pgrp is 3rd after it, ppid
+# 2nd, starttime 20th), read by a shell function: ``read`` and ``set --`` are
+# builtins of every POSIX shell, where ``$(sed | cut)`` cost three processes per
+# field (a dozen per stream, six more per second of a running watchdog: most of
+# what a host did for a short action). ``__vmm_f PID N`` sets ``__vmm_r`` to the
+# field ('' when the process is gone).
+STAT_FIELD_FUNCTION = (
+    "__vmm_f() { __vmm_r=; read -r __vmm_r 2>/dev/null </proc/$1/stat || return 1; "
+    "__vmm_r=${__vmm_r##*) }; __vmm_n=$2; set -- $__vmm_r; "
+    "eval \"__vmm_r=\\${$__vmm_n}\"; }; "
+)
 
 # Shell text printing "PGID START" of the shell it runs in: the group of $$ and
 # its leader's start time ($$ in a command substitution is the outer shell's, in
 # bash and in dash).
-IDENTIFY_GROUP = f"g={_stat_field('$$', 3)}; echo \"$g {_stat_field('$g', 20)}\""
+IDENTIFY_GROUP = (STAT_FIELD_FUNCTION
+                  + "__vmm_f $$ 3; g=$__vmm_r; __vmm_f \"$g\" 20; echo \"$g $__vmm_r\"")
 
 # A stream's shell also gets a watchdog. WATCHDOG_START runs in the shell itself
 # (not in a framed subshell), so the watchdog is the shell's own background job:
@@ -77,17 +84,6 @@ IDENTIFY_GROUP = f"g={_stat_field('$$', 3)}; echo \"$g {_stat_field('$g', 20)}\"
 # in what the scripts see. It ignores TERM (it is in the group);
 # WATCHDOG_DISARM stops it before the shell exits on purpose. The variable names
 # are the driver's own.
-#
-# The fields are read by a shell function (``read`` and ``set --``, builtins
-# of every POSIX shell) instead of ``$(sed | cut)``: that was three processes per
-# field, a dozen per stream and six more per second of a running watchdog, most
-# of the work a host did for a short action. ``__vmm_f PID N`` sets ``__vmm_r``
-# to field N after the last ") " ('' when the process is gone).
-STAT_FIELD_FUNCTION = (
-    "__vmm_f() { __vmm_r=; read -r __vmm_r 2>/dev/null </proc/$1/stat || return 1; "
-    "__vmm_r=${__vmm_r##*) }; __vmm_n=$2; set -- $__vmm_r; "
-    "eval \"__vmm_r=\\${$__vmm_n}\"; }; "
-)
 WATCHDOG_START = (
     STAT_FIELD_FUNCTION
     + "__vmm_f $$ 3; __vmm_g=$__vmm_r; __vmm_f \"$__vmm_g\" 2; __vmm_s=$__vmm_r; "
