@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -293,6 +292,14 @@ def _ours(leftovers: List[Tuple[int, str]]) -> List[Tuple[int, str]]:
             if "ruby" not in cmd and "/lib/mads/" not in cmd]
 
 
+def _im_started(o: OnedInstance) -> None:
+    """Wait for the dummy IM's control scripts to end (each lives 10 s after a host's
+    monitoring starts; run as ./monitord-client_control.sh, oned-run does not know
+    them as the IM's and would report them as left behind; they are not ours)."""
+    wait_until(lambda: not any("monitord-client_control.sh" in p.cmdline
+                               for p in o.tagged()), 15, "the dummy IM's start-up to end")
+
+
 def _deploy_sleeping(o: OnedInstance, name: str, host: str) -> int:
     vm = o.new_vm(name)
     o.sleep("vmm/kvm/deploy", 120)
@@ -311,6 +318,7 @@ def test_oned_stopped_then_killed_during_deploy(oned: OnedInstance) -> None:
     host's sshd session, two ``bash -s``, the script and its ``sleep``.)"""
     o = oned
     mark = _deploy_sleeping(o, "stopped-oned", "one-h1")
+    _im_started(o)
     left = _ours(o.stop())
     assert left == [], left
     assert any("vmm/kvm/deploy got SIG" in line for line in o.journal_lines()[mark:])
@@ -326,6 +334,10 @@ def test_oned_stopped_then_killed_during_deploy(oned: OnedInstance) -> None:
     wait_until(lambda: any("vmm/kvm/deploy got SIG" in line
                          for line in o.journal_lines()[mark:]), 20,
              "the deploy to be ended on one-h2")
-    time.sleep(0.5)
+    # the deploy got TERM from the stream's watchdog, which KILLs what is left of the
+    # group, itself included, 2 s later: by then nothing of the session runs
+    wait_until(lambda: not o.host_side("one-h2"), 8,
+               "the watchdog to finish on one-h2 (TERM, 2 s, KILL)")
+    _im_started(o)
     left = _ours(o.stop())
     assert left == [], left
