@@ -82,7 +82,7 @@ class TextNode(Node):
 
     def __init__(self, raw: str) -> None:
         super().__init__()
-        self.raw = _NEWLINES.sub("\n", raw) if "\r" in raw else raw
+        self.raw = _unix_newlines(raw)
 
     @classmethod
     def from_value(cls, value: str) -> TextNode:
@@ -100,6 +100,11 @@ class TextNode(Node):
 
     def __repr__(self) -> str:
         return f"TextNode({self.raw!r})"
+
+
+def _unix_newlines(raw: str) -> str:
+    """CR LF and lone CR become LF, as REXML's source reads text."""
+    return _NEWLINES.sub("\n", raw) if "\r" in raw else raw
 
 
 class CDataNode(TextNode):
@@ -600,8 +605,9 @@ def _build(text: str) -> Document:
     siblings = doc.children
     pos, end = 0, len(text)
     match = _TOKEN.match
-    # the two node kinds of nearly every token are made without __init__ (the
-    # slots are set here): this loop is most of the cost of decoding a request
+    # the node kinds of nearly every token (elements, text, CDATA: OpenNebula
+    # writes nearly every value as CDATA) are made without __init__, the slots
+    # set here: this loop is most of the cost of decoding a request
     new_element, new_text = Element.__new__, TextNode.__new__
     while pos < end:
         m = match(text, pos)
@@ -610,10 +616,9 @@ def _build(text: str) -> Document:
         kind = m.lastindex
         pos = m.end()
         node: Node
-        if kind == 1:
-            raw = m.group(1)
-            text_node = new_text(TextNode)
-            text_node.raw = _NEWLINES.sub("\n", raw) if "\r" in raw else raw
+        if kind == 1 or kind == 6:
+            text_node = new_text(TextNode if kind == 1 else CDataNode)
+            text_node.raw = _unix_newlines(m.group(kind))
             text_node.parent = current
             siblings.append(text_node)
             continue
@@ -636,13 +641,6 @@ def _build(text: str) -> Document:
             stack.pop()
             current = stack[-1] if stack else None
             siblings = current.children if current is not None else doc.children
-            continue
-        elif kind == 6:  # OpenNebula writes nearly every value as CDATA
-            raw = m.group(6)
-            cdata = new_text(CDataNode)
-            cdata.raw = _NEWLINES.sub("\n", raw) if "\r" in raw else raw
-            cdata.parent = current
-            siblings.append(cdata)
             continue
         elif kind == 7:
             node = CommentNode(m.group(7))
