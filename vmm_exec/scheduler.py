@@ -211,6 +211,13 @@ class Scheduler:
     def _runnable(self, host: Optional[str]) -> bool:
         return host is None or host not in self._busy_hosts
 
+    def _offer(self, host: Optional[str]) -> None:
+        """Put ``host``'s first queued job among the runnable heads if its host is free
+        (an entry that goes stale meanwhile is skipped by :meth:`_next_runnable`)."""
+        waiting = self._waiting.get(host)
+        if waiting and self._runnable(host):
+            heapq.heappush(self._ready, (waiting[0].seq, host))
+
     def _enqueue(self, job: Job) -> None:
         host = job.host or None
         waiting = self._waiting.get(host)
@@ -218,8 +225,8 @@ class Scheduler:
             waiting = self._waiting[host] = deque()
         waiting.append(job)
         self._queued += 1
-        if len(waiting) == 1 and self._runnable(host):
-            heapq.heappush(self._ready, (job.seq, host))
+        if len(waiting) == 1:  # a new head
+            self._offer(host)
 
     def _dequeue(self, job: Job) -> None:
         """Take a queued job out (a cancel); its host's next job may become a head."""
@@ -229,8 +236,8 @@ class Scheduler:
         self._queued -= 1
         if not waiting:
             del self._waiting[host]
-        elif self._runnable(host):
-            heapq.heappush(self._ready, (waiting[0].seq, host))  # a stale twin is skipped
+        else:
+            self._offer(host)
 
     def _first_queued(self, action_id: int) -> Optional[Job]:
         found: Optional[Job] = None
@@ -259,7 +266,7 @@ class Scheduler:
             if not waiting:
                 del self._waiting[host]
             elif host is None:  # unconstrained jobs: the next one is runnable too
-                heapq.heappush(ready, (waiting[0].seq, None))
+                self._offer(None)
             return job
         return None
 
@@ -294,9 +301,7 @@ class Scheduler:
             self._busy_hosts[host] -= 1
             if not self._busy_hosts[host]:
                 del self._busy_hosts[host]
-                waiting = self._waiting.get(host)
-                if waiting:
-                    heapq.heappush(self._ready, (waiting[0].seq, host))
+                self._offer(host)
         jobs = self._running.get(job.action_id, [])
         if job in jobs:
             jobs.remove(job)
