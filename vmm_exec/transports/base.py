@@ -122,7 +122,7 @@ def group_kill_command(group: RemoteGroup) -> str:
     """
     pgid = group.pgid
     start = re.sub(r"[^0-9]", "", group.start)
-    return (f"[ \"$(sed 's/.*) //' /proc/{pgid}/stat 2>/dev/null | cut -d' ' -f20)\""
-            f" = '{start}' ] || exit 0; kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; "
+    return (f"{STAT_FIELD_FUNCTION}__vmm_f {pgid} 20; [ \"$__vmm_r\" = '{start}' ] || exit 0; "
+            f"kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; "
             f"while [ $i -lt 10 ]; do sleep 0.1; kill -0 -{pgid} 2>/dev/null || exit 0; "
             f"i=$((i+1)); done; kill -KILL -{pgid} 2>/dev/null; exit 0")

@@ -30,6 +30,7 @@ import threading
 from typing import Callable, Optional
 
 from vmm_exec.quoting import single_quoted
+from vmm_exec.transports.base import STAT_FIELD_FUNCTION
 from vmm_exec.transports.paramiko.session import ACCEPTED, NO_ANSWER, Requests, wait_closed
 
 # how long a signal request waits for the server's answer
@@ -125,10 +126,10 @@ def marked_command(command: str, mark: str) -> str:
 def kill_marked_command(mark: str) -> str:
     """Shell text: TERM every process carrying ``mark`` and its process group, KILL
     what is left after a second (GNU grep reads the environments in /proc)."""
-    return (f"m='{MARK_VARIABLE}={mark}'; "
+    return (f"{STAT_FIELD_FUNCTION}m='{MARK_VARIABLE}={mark}'; "
             "marked() { grep -lsxzF \"$m\" /proc/[0-9]*/environ | cut -d/ -f3; }; "
             "hit() { p=$(marked); [ -n \"$p\" ] || return 1; "
-            "g=$(for x in $p; do sed 's/.*) //' /proc/$x/stat 2>/dev/null | cut -d' ' -f3; "
+            "g=$(for x in $p; do __vmm_f $x 3 && echo \"$__vmm_r\"; "
             "done | sort -u); kill -$1 $p 2>/dev/null; "
             "for x in $g; do kill -$1 -$x 2>/dev/null; done; return 0; }; "
             "hit TERM || exit 0; i=0; while [ $i -lt 10 ]; do "
