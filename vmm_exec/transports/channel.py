@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import selectors
 import signal
 import struct
@@ -21,8 +20,6 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 from vmm_exec.cancel import CancelScope
 
 CLOSE_GRACE = 2.0
-# a pipe that polls writable takes this much at once without blocking (one page)
-PIPE_ATOMIC = 4096
 OUT = "out"
 ERR = "err"
 
@@ -98,16 +95,11 @@ class ProcessChannel:
         if stdin is None:
             return False
         try:
-            if len(data) > PIPE_ATOMIC:
-                # a here-document of a few KiB (a VM's XML): fits if the pipe has room
-                if not _pipe_room(stdin.fileno()) >= len(data):
-                    return False
-            else:
-                poller = select.poll()
-                poller.register(stdin.fileno(), select.POLLOUT)
-                if not poller.poll(0):
-                    return False
-        except (OSError, ValueError):
+            # a command or a here-document of a few KiB (a VM's XML) fits if the pipe
+            # has room for all of it
+            if _pipe_room(stdin.fileno()) < len(data):
+                return False
+        except ValueError:  # the pipe is closed
             return False
         self.send(data)
         return True
