@@ -146,24 +146,22 @@ def hosts_cpu(bed: Testbed) -> float:
     """CPU seconds of the hosts' sshds and everything under them (handshakes, shells,
     scripts): live processes' own and reaped children's time, the listeners' reaped
     sessions included. A session alive at both readings is counted from its start."""
-    parents: Dict[int, int] = {}
+    children: Dict[int, List[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 data = Path(f"/proc/{entry}/stat").read_bytes()
             except OSError:
                 continue
-            parents[int(entry)] = int(data[data.rfind(b")") + 2:].split()[1])
-    roots = {info.sshd_pid for info in bed.hosts.values() if info.sshd_pid is not None}
-    under = set(roots)
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in under and pid not in under:
-                under.add(pid)
-                grew = True
-    return sum(sum(cpu_seconds(pid)) for pid in under)
+            ppid = int(data[data.rfind(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    todo = [info.sshd_pid for info in bed.hosts.values() if info.sshd_pid is not None]
+    total = 0.0
+    while todo:
+        pid = todo.pop()
+        total += sum(cpu_seconds(pid))
+        todo.extend(children.get(pid, ()))
+    return total
 
 
 def fd_count(pid: int) -> int:
