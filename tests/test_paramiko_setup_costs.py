@@ -15,7 +15,7 @@ from vmm_exec.transports.paramiko.config import HostSettings
 from vmm_exec.transports.paramiko.filecache import FileCache
 
 
-def counting_cache(tmp_path: Path) -> tuple:
+def counting_cache() -> tuple:
     loads: List[str] = []
 
     def load(path: str) -> str:
@@ -26,7 +26,7 @@ def counting_cache(tmp_path: Path) -> tuple:
 
 
 def test_a_file_is_parsed_again_only_when_it_changes(tmp_path: Path) -> None:
-    cache, loads = counting_cache(tmp_path)
+    cache, loads = counting_cache()
     path = tmp_path / "known_hosts"
     path.write_text("one\n")
     assert cache.get(str(path)) == "one\n"
@@ -48,7 +48,7 @@ def test_a_file_is_parsed_again_only_when_it_changes(tmp_path: Path) -> None:
 
 def test_missing_files_and_directories_are_none_and_the_cache_is_bounded(
         tmp_path: Path) -> None:
-    cache, loads = counting_cache(tmp_path)
+    cache, loads = counting_cache()
     assert cache.get(str(tmp_path / "absent")) is None
     assert cache.get(str(tmp_path)) is None
     files = []

@@ -63,7 +63,3 @@ class FileCache(Generic[T]):
                     self._entries.pop(next(iter(self._entries)))
                 self._entries[path] = (before, value)
         return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
