@@ -134,10 +134,14 @@ def test_pool_connections_handshakes_and_idle_threads_are_bounded(
         assert watched.peak_connecting <= HANDSHAKES, watched.peak_connecting
         total, idle, handshakes = transport.pool.counts()
         assert total <= THREADS and idle <= THREADS and handshakes == 0
+        # the scheduler's view: exactly the hosts holding a pooled connection
+        holding = {h for h in HOSTS if transport.pool.connections(h)}
+        assert transport.warm_hosts() == holding and 1 <= len(holding) <= THREADS
         # idle past the timeout: the connections, their threads and the keepalives go
         assert wait_until(lambda: transport.pool.counts() == (0, 0, 0), SETTLE), \
             transport.pool.counts()
         assert wait_until(lambda: watched.alive == 0, SETTLE), watched.alive
+        assert transport.warm_hosts() == frozenset()
         assert wait_until(lambda: len(paramiko_threads()) <= before, SETTLE), \
             paramiko_threads()
         assert keepalive.watched() == 0
@@ -225,4 +229,38 @@ def test_driver_threads_and_connections_stay_within_t(many: Testbed) -> None:
         assert sorted(int(a.vm_id) for a in answers) == list(vms)
     finally:
         sampler.stopped.set()
+        world.stop_drivers()
+
+
+def logins(bed: Testbed) -> int:
+    """Connections the hosts' sshds accepted so far (one key exchange each)."""
+    return sum(Path(info.log_path).read_text(errors="replace").count("Accepted publickey")
+               for info in bed.hosts.values())
+
+
+def test_more_hosts_than_connections_do_not_mean_a_handshake_per_action(
+        many: Testbed) -> None:
+    """Connection affinity: 4 actions on each of 24 hosts through a pool of 4
+    connections. In arrival order (hosts in turn) every action would evict a
+    connection and make one; preferring the hosts that have one, a connection
+    serves its host's queue and only one cold host is let in per 4 starts."""
+    world = World(many, name="affinity")
+    world.reset_hosts(with_remotes=HOSTS)
+    rounds = 4
+    vms = range(700, 700 + rounds * len(HOSTS))
+    oned = world.start_driver(f"-t {THREADS} -r 0 --max-connections {THREADS} "
+                              f"--max-handshakes {HANDSHAKES} kvm", transport="paramiko")
+    try:
+        before = logins(many)
+        for index, vmid in enumerate(vms):
+            oned.send_action("REBOOT", vmid, world.reboot_xml(vmid, HOSTS[index % len(HOSTS)]))
+        for vmid in vms:
+            answer = oned.wait_answer(vmid, timeout=180, action="REBOOT")
+            assert answer.success, answer
+        made = logins(many) - before
+        # every host needs one; arrival order would need about one per action (96)
+        assert len(HOSTS) <= made <= len(vms) // 2, made
+        assert oned.finalize(timeout=30) == 0
+        assert sorted(int(a.vm_id) for a in oned.answers()) == list(vms)
+    finally:
         world.stop_drivers()

@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 import pytest
 from helpers import process_alive, wait_until
@@ -105,10 +105,10 @@ def request(msg_id: object, action: str = "POLL") -> Request:
 
 class Harness:
     def __init__(self, concurrency: int, single_host: bool, hosts: Dict[object, Optional[str]],
-                 spawn: bool = False) -> None:
+                 spawn: bool = False, **options: Any) -> None:
         self.hosts = {str(k): v for k, v in hosts.items()}
         self.fake = FakeExecute(self.hosts, spawn=spawn)
-        self.scheduler = Scheduler(concurrency, single_host, self.fake, self.host_of)
+        self.scheduler = Scheduler(concurrency, single_host, self.fake, self.host_of, **options)
         self.jobs: Dict[str, Job] = {}
 
     def host_of(self, r: Request) -> Optional[str]:
@@ -139,8 +139,8 @@ def harnesses() -> Iterator[List[Harness]]:
 @pytest.fixture
 def make(harnesses: List[Harness]):  # noqa: ANN201
     def factory(concurrency: int, single_host: bool, hosts: Dict[object, Optional[str]],
-                spawn: bool = False) -> Harness:
-        harness = Harness(concurrency, single_host, hosts, spawn)
+                spawn: bool = False, **options: Any) -> Harness:
+        harness = Harness(concurrency, single_host, hosts, spawn, **options)
         harnesses.append(harness)
         return harness
     return factory
@@ -417,27 +417,46 @@ def test_stop_all_cancels_everything(make) -> None:  # noqa: ANN001
 
 
 class Model:
-    """ActionManager + get_first_runable_single_host, step by step."""
+    """ActionManager + get_first_runable_single_host, step by step; with ``warm``
+    (hosts with a kept connection), connection affinity as the scheduler's doc
+    states it: a warm host's first runnable job may go before the oldest runnable
+    job on a cold host, at most ``bypass_limit`` times for the same oldest job."""
 
-    def __init__(self, limit: int, single_host: bool, hosts: Dict[str, Optional[str]]) -> None:
+    def __init__(self, limit: int, single_host: bool, hosts: Dict[str, Optional[str]],
+                 warm: Optional[Set[str]] = None, bypass_limit: int = 0) -> None:
         self.limit = max(1, limit)
         self.single_host = single_host
         self.hosts = hosts
+        self.warm = warm
+        self.bypass_limit = bypass_limit
+        self.passed_over: Dict[str, int] = {}
         self.queue: List[str] = []
         self.running: List[str] = []
 
     def _busy(self) -> Set[Optional[str]]:
         return {self.hosts[j] for j in self.running if self.hosts[j]}
 
+    def _pick(self) -> Optional[int]:
+        runnable = [index for index, candidate in enumerate(self.queue)
+                    if not self.single_host or not self.hosts[candidate]
+                    or self.hosts[candidate] not in self._busy()]
+        if not runnable:
+            return None
+        oldest = self.queue[runnable[0]]
+        host = self.hosts[oldest]
+        if self.warm and host and host not in self.warm:
+            warm = [i for i in runnable if self.hosts[self.queue[i]] in self.warm]
+            if warm and self.passed_over.get(oldest, 0) < self.bypass_limit:
+                self.passed_over[oldest] = self.passed_over.get(oldest, 0) + 1
+                return warm[0]
+        return runnable[0]
+
     def _dispatch(self) -> None:
         while len(self.running) < self.limit:
-            for index, candidate in enumerate(self.queue):
-                host = self.hosts[candidate]
-                if not self.single_host or not host or host not in self._busy():
-                    self.running.append(self.queue.pop(index))
-                    break
-            else:
+            index = self._pick()
+            if index is None:
                 return
+            self.running.append(self.queue.pop(index))
 
     def submit(self, msg_id: str) -> None:
         self.queue.append(msg_id)
@@ -490,6 +509,83 @@ def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
     finally:
         scheduler.stop_all(grace=0.2)
         fake.release_all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 3), st.data())
+def test_scheduler_follows_the_affinity_model(limit: int, bypass_limit: int,
+                                              data: st.DataObject) -> None:
+    """With a transport that keeps connections, the order is the model's, whatever
+    the warm hosts do between steps; no job is passed over more than the limit."""
+    hosts: Dict[str, Optional[str]] = {}
+    warm: Set[str] = set()
+    fake = FakeExecute(hosts)
+    scheduler = Scheduler(limit, True, fake, lambda r: hosts[r.msg_id],
+                          warm=lambda: frozenset(warm), bypass_limit=bypass_limit)
+    model = Model(limit, True, hosts, warm, bypass_limit)
+    jobs: Dict[str, Job] = {}
+    finished: Set[str] = set()
+
+    def dispatched() -> Set[str]:
+        return {m for m, j in jobs.items() if j.dispatched} - finished
+
+    def finish(msg_id: str) -> None:
+        fake.release(msg_id)
+        assert jobs[msg_id].done.wait(WAIT)
+        finished.add(msg_id)
+        model.finish(msg_id)
+
+    try:
+        for step in range(data.draw(st.integers(1, 30))):
+            choice = data.draw(st.integers(0, 2))
+            if choice == 0:
+                changed = data.draw(st.sets(st.sampled_from(["h1", "h2", "h3", "h4"])))
+                warm.clear()
+                warm.update(changed)
+            elif choice == 1 and model.running:
+                finish(data.draw(st.sampled_from(sorted(model.running))))
+            else:
+                msg_id = str(step)
+                hosts[msg_id] = data.draw(st.sampled_from(["h1", "h2", "h3", "h4", None]))
+                submitted = scheduler.submit(request(msg_id))
+                assert submitted is not None
+                jobs[msg_id] = submitted
+                model.submit(msg_id)
+            assert dispatched() == set(model.running)
+        while model.running:
+            finish(model.running[0])
+            assert dispatched() == set(model.running)
+        assert not model.queue
+        assert max(model.passed_over.values(), default=0) <= bypass_limit
+        scheduler.finalize()
+        assert scheduler.wait_finished(WAIT)
+    finally:
+        scheduler.stop_all(grace=0.2)
+        fake.release_all()
+
+
+def test_a_warm_host_goes_first_at_most_bypass_limit_times(make) -> None:  # noqa: ANN001
+    """Job 1's host has no connection, host w has one: w's jobs 2 and 3 overtake
+    job 1 (limit 2), then job 1 goes before w's next ones."""
+    hosts = {0: "x", 1: "cold", 2: "w", 3: "w", 4: "w", 5: "w"}
+    h = make(1, True, hosts, warm=lambda: {"w"}, bypass_limit=2)
+    h.submit(0, 1, 2, 3, 4, 5)
+    for msg_id in (0, 2, 3, 1, 4, 5):
+        h.fake.wait_started(msg_id)
+        h.fake.release(msg_id)
+    h.fake.wait_stopped(0, 1, 2, 3, 4, 5)
+    assert h.fake.started() == ["0", "2", "3", "1", "4", "5"]
+
+
+def test_no_warm_hosts_keeps_arrival_order(make) -> None:  # noqa: ANN001
+    hosts = {0: "x", 1: "cold", 2: "w", 3: "w"}
+    h = make(1, True, hosts, warm=frozenset, bypass_limit=5)
+    h.submit(0, 1, 2, 3)
+    for msg_id in (0, 1, 2, 3):
+        h.fake.wait_started(msg_id)
+        h.fake.release(msg_id)
+    h.fake.wait_stopped(0, 1, 2, 3)
+    assert h.fake.started() == ["0", "1", "2", "3"]
 
 
 def test_queued_requests_cost_about_their_text() -> None:

@@ -63,9 +63,10 @@ class Driver:
         self.config = config
         self.stdin = stdin
         self.writer = Writer(stdout)
-        self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of)
         self.transport = make_transport(config.transport, config.strict,
                                         config.pool_size, config.max_handshakes)
+        self.scheduler = Scheduler(config.threads, config.single_host, self._execute, host_of,
+                                   warm=self.transport.warm_hosts)
         errors: List[str] = []
         hooks = load_hooks(hook_dirs(config.paths, config.hook_dirs), errors)
         for error in errors:

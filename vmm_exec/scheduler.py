@@ -13,6 +13,17 @@ busy hosts made every submit scan all of them). Actions run on worker threads
 that take the next runnable job when they finish and leave after
 ``IDLE_EXIT`` seconds without work: no thread is started per action under load,
 none is kept when the driver is idle.
+
+Connection affinity: when the transport keeps connections (paramiko's pool),
+a runnable job whose host has one may go before the oldest runnable job whose
+host has none, at most ``bypass_limit`` times (default: the concurrency) for
+the same oldest job, which then goes next. With more hosts than pooled
+connections, strict arrival order made nearly every action pay a key exchange
+(on the front-end and the host) and evict another host's connection; this way
+a connection serves its host's queue, one cold host is let in per
+``bypass_limit`` starts, and no job waits behind more than that many
+overtakers while it is the oldest. Without a transport that keeps connections
+the order is Ruby's.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import AbstractSet, Callable, Deque, Dict, List, Optional, Tuple
 
 from vmm_exec.cancel import CancelScope
 from vmm_exec.protocol import Gate, Request
@@ -87,11 +98,19 @@ class Scheduler:
     """Queue, concurrency limit, one action per host, cancel and finalize."""
 
     def __init__(self, concurrency: int, single_host: bool, execute: Callable[[Job], None],
-                 host_of: Callable[[Request], Optional[str]]) -> None:
+                 host_of: Callable[[Request], Optional[str]],
+                 warm: Optional[Callable[[], AbstractSet[str]]] = None,
+                 bypass_limit: Optional[int] = None) -> None:
         self._concurrency = max(1, concurrency)
         self._single_host = single_host
         self._execute = execute
         self._host_of = host_of
+        # the hosts with a kept connection (called under the lock: must not take
+        # a lock of its own that is held while calling the scheduler)
+        self._warm = warm
+        self._bypass_limit = self._concurrency if bypass_limit is None else max(0, bypass_limit)
+        # (seq of the oldest runnable job, how often a warm host's job went first)
+        self._passed_over: Tuple[int, int] = (-1, 0)
         books = threading.RLock()
         self._lock = threading.Condition(books)
         self._work = threading.Condition(books)  # idle workers wait here
@@ -249,7 +268,8 @@ class Scheduler:
         return found
 
     def _next_runnable(self) -> Optional[Job]:
-        """The first queued job (in arrival order) whose host is free, taken off the queue.
+        """The first queued job (in arrival order) whose host is free, or one that may
+        overtake it (connection affinity), taken off the queue.
 
         Heap entries go stale when their job left (cancelled, run) or its host got
         busy; they are dropped here instead of being searched for."""
@@ -260,15 +280,46 @@ class Scheduler:
             if not waiting or waiting[0].seq != seq or not self._runnable(host):
                 heapq.heappop(ready)
                 continue
+            overtaker = self._overtaker(seq, host)
+            if overtaker is not None:
+                return self._take(overtaker)  # its heap entry goes stale
             heapq.heappop(ready)
-            job = waiting.popleft()
-            self._queued -= 1
-            if not waiting:
-                del self._waiting[host]
-            elif host is None:  # unconstrained jobs: the next one is runnable too
-                self._offer(None)
-            return job
+            return self._take(host)
         return None
+
+    def _overtaker(self, oldest_seq: int, oldest_host: Optional[str]) -> Optional[str]:
+        """A host with a kept connection whose first job may start before the oldest
+        runnable one (on a host without), within the bypass limit."""
+        if self._warm is None or oldest_host is None:
+            return None
+        warm = self._warm()
+        if not warm or oldest_host in warm:
+            return None
+        best: Optional[Tuple[int, str]] = None
+        for host in warm:
+            waiting = self._waiting.get(host)
+            if waiting and self._runnable(host) and (best is None or waiting[0].seq < best[0]):
+                best = (waiting[0].seq, host)
+        if best is None:
+            return None
+        passed_seq, times = self._passed_over
+        if passed_seq != oldest_seq:
+            times = 0
+        if times >= self._bypass_limit:
+            return None
+        self._passed_over = (oldest_seq, times + 1)
+        return best[1]
+
+    def _take(self, host: Optional[str]) -> Job:
+        """Take ``host``'s first queued job off the queue."""
+        waiting = self._waiting[host]
+        job = waiting.popleft()
+        self._queued -= 1
+        if not waiting:
+            del self._waiting[host]
+        elif host is None:  # unconstrained jobs: the next one is runnable too
+            self._offer(None)
+        return job
 
     def _dispatch(self) -> None:
         """Start queued jobs while there is room: on an idle worker, else a new one."""

@@ -7,7 +7,7 @@ implementation.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import AbstractSet, Optional, Protocol
 
 from vmm_exec.cancel import CancelScope
 from vmm_exec.transports.base import Execution, RemoteGroup
@@ -54,6 +54,11 @@ class Transport(Protocol):
     def kill_remote(self, host: str, group: RemoteGroup) -> None:
         """Kill a process group on ``host`` if it is still the one identified
         (the remote side of a cancelled stream); bounded, never raises."""
+
+    def warm_hosts(self) -> AbstractSet[str]:
+        """Hosts this transport holds an open connection to, where an action starts
+        without a key exchange (the scheduler's connection affinity); cheap, no lock
+        shared with the scheduler, and may be out of date by the time it is used."""
 
     def close(self) -> None:
         """Release pooled connections (driver shutdown)."""

@@ -9,7 +9,7 @@ expand.
 from __future__ import annotations
 
 import re
-from typing import List, Optional
+from typing import AbstractSet, List, Optional
 
 from vmm_exec.cancel import CancelScope
 from vmm_exec.quoting import bare
@@ -116,6 +116,10 @@ class OpenSSHTransport:
                     KILL_TIMEOUT)
         except Exception:  # noqa: BLE001 - killing is best effort
             pass
+
+    def warm_hosts(self) -> AbstractSet[str]:
+        # a ControlMaster, if the user's ssh config makes one, is ssh's own business
+        return frozenset()
 
     def close(self) -> None:
         pass

@@ -35,6 +35,11 @@ keepalives share one thread) are bounded by ``-t``, not by the number of hosts,
 and a host without traffic costs nothing but a small record of what was
 learned about it (kept only while it says something).
 
+The hosts holding a pooled connection are published as :attr:`Pool.warm_hosts`:
+the scheduler prefers their queued actions a little (an action there needs no
+key exchange), so that more hosts than pooled connections do not mean a
+handshake per action.
+
 Every wait is bounded: the action's deadline when it has one, else
 :data:`OPEN_TIMEOUT` for a channel open or a request's answer; a connection
 that leaves either unanswered is retired (no new channels, closed once idle)
@@ -47,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import paramiko
 
@@ -203,6 +208,10 @@ class Pool:
         # idle pooled connections, least recently used first: connection -> idle since
         self._idle: OrderedDict[Connection, float] = OrderedDict()
         self._total = 0        # pooled connections, set up or being set up
+        # hosts with a pooled connection (how many), and the same as a set that the
+        # scheduler reads without taking this pool's lock (replaced, never changed)
+        self._per_host: Dict[str, int] = {}
+        self.warm_hosts: FrozenSet[str] = frozenset()
         self._handshakes = 0   # connections being set up now
         self._sweep_alarm: Optional[alarms.Alarm] = None
         self._closed = False
@@ -211,11 +220,20 @@ class Pool:
     def _append(self, state: _Host, conn: Connection) -> None:
         state.connections.append(conn)
         self._total += 1
+        count = self._per_host.get(conn.host, 0)
+        self._per_host[conn.host] = count + 1
+        if not count:
+            self.warm_hosts = frozenset(self._per_host)
 
     def _remove(self, state: _Host, conn: Connection) -> None:
         state.connections.remove(conn)
         self._idle.pop(conn, None)
         self._total -= 1
+        count = self._per_host.pop(conn.host, 0) - 1
+        if count > 0:
+            self._per_host[conn.host] = count
+        else:
+            self.warm_hosts = frozenset(self._per_host)
 
     def _mark_idle(self, conn: Connection) -> None:
         if conn.reserved == 0 and not conn.retired:
@@ -590,6 +608,8 @@ class Pool:
             self._hosts.clear()
             self._idle.clear()
             self._total = 0
+            self._per_host.clear()
+            self.warm_hosts = frozenset()
             self._closed = True
             if self._sweep_alarm is not None:
                 self._sweep_alarm.cancel()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import Callable, List, Optional, Set, Tuple
+from typing import AbstractSet, Callable, List, Optional, Set, Tuple
 
 import paramiko
 from paramiko.agent import AgentRequestHandler
@@ -142,6 +142,9 @@ class ParamikoTransport:
         with self._lock:
             self._dedicated.discard(conn)
         conn.close()
+
+    def warm_hosts(self) -> AbstractSet[str]:
+        return self.pool.warm_hosts
 
     def close(self) -> None:
         """Abort connection attempts, close every connection; returns at once."""
