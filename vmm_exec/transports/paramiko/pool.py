@@ -208,9 +208,8 @@ class Pool:
         # idle pooled connections, least recently used first: connection -> idle since
         self._idle: OrderedDict[Connection, float] = OrderedDict()
         self._total = 0        # pooled connections, set up or being set up
-        # hosts with a pooled connection (how many), and the same as a set that the
+        # the hosts with a pooled connection that takes new channels, as a set the
         # scheduler reads without taking this pool's lock (replaced, never changed)
-        self._per_host: Dict[str, int] = {}
         self.warm_hosts: FrozenSet[str] = frozenset()
         self._handshakes = 0   # connections being set up now
         self._sweep_alarm: Optional[alarms.Alarm] = None
@@ -220,20 +219,19 @@ class Pool:
     def _append(self, state: _Host, conn: Connection) -> None:
         state.connections.append(conn)
         self._total += 1
-        count = self._per_host.get(conn.host, 0)
-        self._per_host[conn.host] = count + 1
-        if not count:
-            self.warm_hosts = frozenset(self._per_host)
+        self._publish(conn.host, state)
 
     def _remove(self, state: _Host, conn: Connection) -> None:
         state.connections.remove(conn)
         self._idle.pop(conn, None)
         self._total -= 1
-        count = self._per_host.pop(conn.host, 0) - 1
-        if count > 0:
-            self._per_host[conn.host] = count
-        else:
-            self.warm_hosts = frozenset(self._per_host)
+        self._publish(conn.host, state)
+
+    def _publish(self, host: str, state: _Host) -> None:
+        """Keep ``warm_hosts`` right for ``host`` (a new set only when it changes)."""
+        warm = any(not c.retired for c in state.connections)
+        if warm != (host in self.warm_hosts):
+            self.warm_hosts = (self.warm_hosts | {host}) if warm else (self.warm_hosts - {host})
 
     def _mark_idle(self, conn: Connection) -> None:
         if conn.reserved == 0 and not conn.retired:
@@ -466,6 +464,7 @@ class Pool:
             state = self._hosts.get(conn.host)
             if state is not None:
                 state.unresponsive = True
+                self._publish(conn.host, state)
             self._cond.notify_all()
 
     def _learn(self, conn: Connection, others: int, earlier: int, excused: Set[int]) -> bool:
@@ -487,6 +486,9 @@ class Pool:
                 # sessions of channels we already closed still count on the server
                 conn.retired = True
                 self._idle.pop(conn, None)
+                state = self._hosts.get(conn.host)
+                if state is not None:
+                    self._publish(conn.host, state)
                 return True
             return False
 
@@ -608,7 +610,6 @@ class Pool:
             self._hosts.clear()
             self._idle.clear()
             self._total = 0
-            self._per_host.clear()
             self.warm_hosts = frozenset()
             self._closed = True
             if self._sweep_alarm is not None:
