@@ -606,7 +606,8 @@ def make_rig() -> Iterator[MakeRig]:
     def make(opener: Callable[[str, str, bool], List[str]] = local_opener, shell: str = "bash",
              host: str = "h", reconnect: bool = False, forward: bool = False,
              on_update: Optional[Callable[[], None]] = None,
-             remote_killer: Optional[Callable[[RemoteGroup], None]] = None) -> Rig:
+             remote_killer: Optional[Callable[[RemoteGroup], None]] = None,
+             merge_check: bool = False) -> Rig:
         scope = CancelScope()
         log = LogSink()
         channel_opener = process_opener(scope, opener)
@@ -622,7 +623,8 @@ def make_rig() -> Iterator[MakeRig]:
             if on_update is not None:
                 on_update()
 
-        rig = Rig(StreamCommand(stream, "/remote/dir", log, update, reconnect=reconnect),
+        rig = Rig(StreamCommand(stream, "/remote/dir", log, update, reconnect=reconnect,
+                                merge_check=merge_check),
                   scope, log, updates)
         rigs.append(rig)
         return rig
@@ -762,37 +764,64 @@ def _script(path: Path, body: str, mode: int = 0o755) -> Path:
     return path
 
 
-def test_stream_check_missing_script_calls_update(make_rig: MakeRig, tmp_path: Path) -> None:
+MERGED = pytest.mark.parametrize("merge_check", [False, True], ids=["ruby-check", "merged"])
+
+
+@MERGED
+def test_stream_check_missing_script_calls_update(make_rig: MakeRig, tmp_path: Path,
+                                                  merge_check: bool) -> None:
     script = tmp_path / "remotes" / "vmm" / "deploy"
+    got = tmp_path / "stdin"
 
     def update() -> None:  # what a remotes update does: the script is there afterwards
         script.parent.mkdir(parents=True)
-        _script(script, 'echo "deployed $*"; cat >/dev/null')
+        _script(script, f'echo "deployed $*"; cat >{got}')
 
-    rig = make_rig(on_update=update)
+    rig = make_rig(on_update=update, merge_check=merge_check)
     command = f"{script} 'a b' c"
-    result = rig.run(command, "payload", command)
+    payload = f"touch {tmp_path}/ran-by-the-shell\n$(touch {tmp_path}/expanded)"
+    result = rig.run(command, payload, command)
     assert rig.updates == ["h"]
     assert result.code == 0
     assert result.stdout == "deployed a b c\n"
-    # the check's own exit status does not leak into the command's stderr
+    # the check's own exit status (or marker) does not leak into the command's stderr
     assert result.stderr == "ExitCode: 0"
+    # the here-document skipped with the command was read as one, never run
+    assert got.read_text() == payload + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["remotes", "stdin"]
+    assert rig.run("echo in sync").stdout == "in sync\n"
 
 
-def test_stream_check_existing_script_does_not_update(make_rig: MakeRig, tmp_path: Path) -> None:
+@MERGED
+def test_stream_check_existing_script_does_not_update(make_rig: MakeRig, tmp_path: Path,
+                                                      merge_check: bool) -> None:
     script = _script(tmp_path / "poll", "echo polled")
-    rig = make_rig()
+    rig = make_rig(merge_check=merge_check)
     result = rig.run(f"{script} 1 h", None, f"{script} 1 h")
     assert rig.updates == []
     assert (result.code, result.stdout) == (0, "polled\n")
 
 
-def test_stream_check_not_executable_script_updates(make_rig: MakeRig, tmp_path: Path) -> None:
+@MERGED
+def test_stream_check_not_executable_script_updates(make_rig: MakeRig, tmp_path: Path,
+                                                    merge_check: bool) -> None:
     script = _script(tmp_path / "poll", "echo polled", mode=0o644)
-    rig = make_rig()
+    rig = make_rig(merge_check=merge_check)
     result = rig.run(f"{script}", None, f"{script}")
     assert rig.updates == ["h"]
     assert result.code == 126  # bash: permission denied
+    assert result.stderr.endswith("Permission denied\nExitCode: 126")
+    assert "MISSING" not in result.stderr
+
+
+@MERGED
+def test_stream_check_a_script_exiting_42_is_not_missing(make_rig: MakeRig, tmp_path: Path,
+                                                         merge_check: bool) -> None:
+    script = _script(tmp_path / "deploy", "echo MISSING >&2; exit 42")
+    rig = make_rig(merge_check=merge_check)
+    result = rig.run(f"{script} 1", "x", f"{script} 1")
+    assert rig.updates == []
+    assert (result.code, result.stderr) == (42, "MISSING\nExitCode: 42")
 
 
 def test_stream_check_wire_text_is_rubys(make_rig: MakeRig, tmp_path: Path) -> None:
@@ -812,6 +841,28 @@ def test_stream_check_wire_text_is_rubys(make_rig: MakeRig, tmp_path: Path) -> N
     # first the watchdog (invisible: its output is consumed), then Ruby's text
     assert text == (f"{WATCHDOG_START}({WATCHDOG_REPORT}){tail}({ruby_check}){tail}"
                     f"(cat << 'EOT' | /x/s a){tail}body\nEOT\n")
+
+
+def test_stream_merged_check_wire_text(make_rig: MakeRig, tmp_path: Path) -> None:
+    """Default mode: the check rides with the command (one round trip); a missing
+    script skips the command, which is sent again, unchanged, after the update."""
+    wire = tmp_path / "wire"
+
+    def tee_opener(host: str, shell: str, forward: bool) -> List[str]:
+        return ["bash", "-c", f"tee -a {wire} | {shell} -s"]
+
+    rig = make_rig(opener=tee_opener, merge_check=True)
+    result = rig.run("/x/s a", "body", "/x/s a b")
+    assert result.code == 127
+    assert rig.updates == ["h"]
+    text = wire.read_text()
+    nonce = rig.stream._nonce  # white-box: the per-stream marker suffix
+    tail = (f'; echo "ExitCode: $? EOF_ERR_{nonce}" 1>&2; echo "EOF_OUT_{nonce}"\n')
+    guard = f'if [ ! -x "/x/s" ]; then echo MISSING_{nonce} 1>&2; exit 42; fi; '
+    command = "cat << 'EOT' | /x/s a"
+    assert text == (f"{WATCHDOG_START}({WATCHDOG_REPORT}){tail}"
+                    f"({guard}{command}){tail}body\nEOT\n"
+                    f"({command}){tail}body\nEOT\n")
 
 
 def test_stream_fake_end_markers_do_not_end_command(make_rig: MakeRig) -> None:

@@ -157,7 +157,7 @@ class ActionContext:
 
             self._streams[destination] = StreamCommand(
                 stream, self.config.scripts_remote_dir, self.log, refresh,
-                reconnect=not self.config.strict)
+                reconnect=not self.config.strict, merge_check=not self.config.strict)
         return self._streams[destination]
 
     def close(self) -> None:
