@@ -561,7 +561,9 @@ def _with_child(element_xml: str, name: str, value: str) -> str:
     child = root.add_element(name)
     child.children.append(xmlcompat.TextNode.from_value(value))
     child.children[-1].parent = child
-    return root.to_s()
+    written = root.to_s()
+    xmlcompat.dispose(root)
+    return written
 
 
 def backup_cancel(req: BuildRequest) -> ActionPlan:

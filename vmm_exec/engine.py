@@ -157,6 +157,7 @@ def perform(services: Services, request: Request, scope: CancelScope, gate: Gate
     """
     writer, config = services.writer, services.config
     action, msg_id = request.action, request.msg_id
+    message: Optional[messages.Message] = None
     try:
         try:
             message = messages.decode(request.payload)
@@ -189,6 +190,9 @@ def perform(services: Services, request: Request, scope: CancelScope, gate: Gate
             LOG.exception("%s %s: internal error", action, msg_id)
             answer(writer, gate, action, msg_id, False,
                    one_line(f"Internal error in the driver: {type(exc).__name__}: {exc}"))
+    finally:
+        if message is not None:
+            message.dispose()  # freed now, not by the cyclic collector later
 
 
 def one_line(text: str) -> str:

@@ -148,6 +148,12 @@ class Message:
         self._written: Dict[str, str] = {}
         self._found: Dict[str, Optional[Element]] = {}  # an action reads a path many times
 
+    def dispose(self) -> None:
+        """The action is over: free the tree now (:func:`xmlcompat.dispose`); the
+        message must not be read afterwards."""
+        self._found.clear()
+        xmlcompat.dispose(self.root)
+
     @classmethod
     def decode(cls, payload_b64: str) -> Message:
         """Same as the module-level :func:`decode`."""
@@ -202,6 +208,8 @@ class Message:
         vm = self.element("VM")
         if vm is None:
             raise MessageError("the action payload has no VM element")
+        view: Optional[Element] = None
+        reparsed: Optional[Element] = None
         try:
             # REXML parses VM.to_s again and moves the matches out of that copy.
             # The matches are disjoint subtrees, so copying each from our own
@@ -211,12 +219,12 @@ class Message:
             source = vm
             take: Callable[[Element], Element] = _copy_of
             if _MAYBE_PREFIXED.search(self.element_xml("VM")):
-                source = _root(xmlcompat.parse(self.element_xml("VM")))
+                source = reparsed = _root(xmlcompat.parse(self.element_xml("VM")))
                 take = _itself
-            view = Element("VM")  # REXML::Document.new('<VM></VM>').root
+            view = built = Element("VM")  # REXML::Document.new('<VM></VM>').root
             for xpath in VNM_XPATHS:
                 for element in source.find_all(xpath):
-                    _add_element_to_path(view, take(element), xpath)
+                    _add_element_to_path(built, take(element), xpath)
             drivers: List[str] = []
             for device in VNM_DEVICES:
                 xpath = "TEMPLATE/" + device
@@ -227,10 +235,15 @@ class Message:
                         continue
                     if vn_mad not in drivers:
                         drivers.append(vn_mad)
-                    _add_element_to_path(view, take(element), xpath)
+                    _add_element_to_path(built, take(element), xpath)
+            written = built.to_s()
         except XmlError as exc:
             raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
-        return drivers, view.to_s()
+        finally:
+            for tree in (view, reparsed):
+                if tree is not None:
+                    xmlcompat.dispose(tree)
+        return drivers, written
 
 
 # In the VM as written (``<name`` and `` key='value'``, canonical): a start tag or
