@@ -443,6 +443,68 @@ def test_peek_text_reads_host_as_the_full_parse_does(xml: str) -> None:
     assert got == expected
 
 
+_NAMES = st.sampled_from(["HOST", "VM", "X", "a:HOST", "host", "HOSTNAME"])
+_TEXT = st.lists(st.sampled_from(list("ab <>'\"\r\n") + ["&amp;", "&lt;", "&#65;", "&#x42;",
+                                                          "é", "]]>", "&e;"]),
+                 max_size=6).map("".join)
+
+
+_LEAF = st.one_of(
+    _TEXT.map(lambda t: t.replace("<", "&lt;").replace("]]>", "]]&gt;")),
+    _TEXT.map(lambda t: f"<![CDATA[{t.replace(']]>', '')}]]>"),
+    _TEXT.map(lambda t: f"<!--{t.replace('-', '')}-->"),
+    st.just("<?pi data?>"),
+    _NAMES.map(lambda name: f"<{name}/>"),
+)
+
+
+def _element(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.tuples(_NAMES, st.lists(children, max_size=3)).map(
+        lambda e: f"<{e[0]}>{''.join(e[1])}</{e[0]}>")
+
+
+_CONTENT = st.recursive(_LEAF, _element, max_leaves=12)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> str:
+    """Small documents with HOST anywhere (or nowhere), all node kinds, prefixed
+    names, a prolog, and sometimes a corruption (a cut or a stray character)."""
+    items = draw(st.lists(_CONTENT, max_size=6))
+    if draw(st.booleans()):  # a top-level HOST, as oned writes it, anywhere among them
+        value = draw(st.lists(_LEAF, max_size=2).map("".join))
+        items.insert(draw(st.integers(0, len(items))), f"<HOST>{value}</HOST>")
+    body = "".join(items)
+    prolog = draw(st.sampled_from(["", "<?xml version='1.0'?>", "<!DOCTYPE R>",
+                                   "<!DOCTYPE R [<!ENTITY e 'ent'>]>", "\ufeff"]))
+    namespaces = " xmlns:a='urn:a'" if "a:" in body else ""
+    xml = f"{prolog}<R{namespaces}>{body}</R>"
+    if draw(st.integers(0, 3)) == 0:
+        at = draw(st.integers(0, len(xml)))
+        if draw(st.booleans()):
+            xml = xml[:at] + xml[at + draw(st.integers(1, 4)):]
+        else:
+            xml = xml[:at] + draw(st.sampled_from(list("<>&]-/'\""))) + xml[at:]
+    return xml
+
+
+@settings(max_examples=400, deadline=None)
+@given(_documents())
+def test_peek_text_agrees_with_the_full_parse_on_any_document(xml: str) -> None:
+    """The quick lookup stops reading at HOST: whatever follows (or precedes) it,
+    it answers what the REXML-compatible tree answers, or steps aside."""
+    payload = base64.b64encode(xml.encode("utf-8", "surrogatepass")).decode()
+    try:
+        expected: object = decode(payload).text("HOST")
+    except MessageError as exc:
+        expected = type(exc)
+    try:
+        got: object = peek_text(payload, "HOST")
+    except MessageError as exc:
+        got = type(exc)
+    assert got == expected
+
+
 # --------------------------------------------------------------------------
 # the network view is built from copies of the matches: the same as REXML's
 # re-parse of VM.to_s with the matches moved out of it (the reference below)

@@ -491,6 +491,8 @@ _TOKEN = re.compile(
     """,
     re.S | re.X,
 )
+# the same tokens without groups, for matching in C where no token is read
+_ANY_TOKEN = re.compile(re.sub(r"\((?!\?)", "(?:", _TOKEN.pattern), _TOKEN.flags)
 _ATTRIBUTE = re.compile(r"([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
 
 _local = threading.local()
@@ -537,13 +539,15 @@ UNSURE = Unsure()
 def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
     """``parse(text).root.find(name).text`` without building the tree, for a plain
     element name: lxml checks the document, then the tokens :func:`parse` would
-    read are scanned (the whole document, so that every error :func:`parse`
-    raises is still seen) and the first child of the root named ``name`` is read
-    as :func:`parse` reads it. :data:`UNSURE` where that reading is not plain
-    (the element holds a comment, instruction or element before its first
-    text, or names use prefixes) or the document is refused: the caller then
-    parses it fully, errors included. Building the tree costs several times
-    more, and the scheduler needs only HOST of every request.
+    read are scanned up to the first child of the root named ``name``, which is
+    read as :func:`parse` reads it; the rest of the document is only matched
+    against the same token grammar, in C (so that every error :func:`parse`
+    raises is still seen: lxml found it well-formed, so tags balance).
+    :data:`UNSURE` where that reading is not plain (the element holds a
+    comment, instruction or element before its first text, or names use
+    prefixes) or the document is refused: the caller then parses it fully,
+    errors included. Building the tree costs several times more, and the
+    scheduler needs only HOST of every request (oned writes it first).
     """
     if ":" in name or "/" in name or name == "*":
         return UNSURE
@@ -558,7 +562,7 @@ def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
     depth = 0
     pos, end = 0, len(text)
     match = _TOKEN.match
-    while pos < end:
+    while pos < end and state != 2:
         m = match(text, pos)
         if m is None:
             return UNSURE
@@ -586,11 +590,18 @@ def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
                 return UNSURE
         elif state == 1:
             if kind == 1:
-                found, state = unnormalize(m.group(1)), 2
+                found, state = unnormalize(_unix_newlines(m.group(1))), 2
             elif kind == 6:
-                found, state = m.group(6), 2
+                found, state = _unix_newlines(m.group(6)), 2
             elif kind in (7, 8, 9):
                 found, state = UNSURE, 2
+    if state == 2:
+        if isinstance(found, Unsure):
+            return UNSURE
+        # what is left must be tokens back to back: findall skips what does not match
+        if sum(map(len, _ANY_TOKEN.findall(text, pos))) != end - pos:
+            return UNSURE
+        return found
     if depth != 0:
         return UNSURE
     return found
