@@ -44,6 +44,8 @@ def heredoc_delimiter(body: str) -> str:
     run the rest of the body as shell commands; then a delimiter that does not
     occur in the body is chosen.
     """
+    if "EOT" not in body:  # nearly always: no need to split the body into lines
+        return "EOT"
     lines = set(body.split("\n"))
     if "EOT" not in lines:
         return "EOT"
