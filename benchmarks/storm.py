@@ -515,7 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                args.threads, args.driver_args, cm_bin,
                                1000 + number * args.vms, args.timeout, args.profile,
                                args.cprofile)
-                if transport == "openssh-cm":
+                if transport.endswith("-cm"):  # the next storm must not count its masters
                     stop_masters(cm_bin, names)
                 report(result, args.threads)
             print(f"targets: threads <= 2 x -t + 10 = {2 * args.threads + 10}; CPU/DEPLOY "
