@@ -814,6 +814,21 @@ def test_stream_check_not_executable_script_updates(make_rig: MakeRig, tmp_path:
     assert "MISSING" not in result.stderr
 
 
+def test_stream_merged_check_finds_its_marker_after_other_stderr(make_rig: MakeRig) -> None:
+    """Something the shell printed before the marker (a background job's message)
+    does not hide the missing script, and stays in the command's stderr."""
+    rig = make_rig(merge_check=True)
+    stream = rig.stream
+    stream.open()
+    stream.exec("echo ran", unless_missing='"/nonexistent/x"')
+    code = stream.wait_for_command(5)
+    assert code == 42 and stream.out == b""  # the command did not run
+    stream.err = b"noise\n" + stream.err  # white-box: as if the shell wrote it first
+    assert stream.missing(code)
+    assert stream.err == b"noise\nExitCode: 42"
+    assert not stream.missing(code)  # taken out once
+
+
 @MERGED
 def test_stream_check_a_script_exiting_42_is_not_missing(make_rig: MakeRig, tmp_path: Path,
                                                          merge_check: bool) -> None:

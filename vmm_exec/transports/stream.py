@@ -222,10 +222,17 @@ class SshStream:
 
     def missing(self, code: int) -> bool:
         """After a command started ``unless_missing``: its script was missing (the
-        marker is taken out of stderr)."""
-        if code != MAGIC_RC or not self.err.startswith(self._missing + b"\n"):
+        marker line is taken out of stderr, wherever the shell put it)."""
+        if code != MAGIC_RC:
             return False
-        self.err = self.err[len(self._missing) + 1:]
+        line = self._missing + b"\n"
+        if self.err.startswith(line):
+            at = 0
+        else:
+            at = self.err.find(b"\n" + line) + 1
+            if at == 0:  # not there: the command itself exited 42
+                return False
+        self.err = self.err[:at] + self.err[at + len(line):]
         return True
 
     def wait_for_command(self, timeout: Optional[float] = None,

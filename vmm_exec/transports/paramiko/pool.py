@@ -35,7 +35,8 @@ keepalives share one thread) are bounded by ``-t``, not by the number of hosts,
 and a host without traffic costs nothing but a small record of what was
 learned about it (kept only while it says something).
 
-The hosts holding a pooled connection are published as :attr:`Pool.warm_hosts`:
+The hosts holding a pooled connection that takes new channels are published
+as :attr:`Pool.warm_hosts`:
 the scheduler prefers their queued actions a little (an action there needs no
 key exchange), so that more hosts than pooled connections do not mean a
 handshake per action.
