@@ -503,6 +503,35 @@ def test_peek_text_agrees_with_the_full_parse_on_any_document(xml: str) -> None:
     except MessageError as exc:
         got = type(exc)
     assert got == expected
+    if not isinstance(got, type):
+        # it returned: the payload passed the well-formedness check, and decoding it
+        # without repeating the check reads the same document, errors included
+        try:
+            again: object = decode(payload, well_formed=True).xml()
+        except MessageError as exc:
+            again = type(exc)
+        try:
+            checked: object = decode(payload).xml()
+        except MessageError as exc:
+            checked = type(exc)
+        assert again == checked
+
+
+def test_a_payload_is_checked_once_when_its_host_was_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmm_exec import xmlcompat
+
+    calls: List[str] = []
+    real = xmlcompat._check_well_formed
+    monkeypatch.setattr(xmlcompat, "_check_well_formed",
+                        lambda text: (calls.append(text), real(text))[1])
+    payload = b64(load("deploy_basic", "deploy.xml"))
+    assert peek_text(payload, "HOST") == "host01"
+    assert len(calls) == 1
+    assert decode(payload, well_formed=True).text("HOST") == "host01"
+    assert len(calls) == 1
+    decode(payload)
+    assert len(calls) == 2
 
 
 # --------------------------------------------------------------------------

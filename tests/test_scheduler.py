@@ -227,6 +227,22 @@ def test_jobs_without_a_readable_host_are_unconstrained(make) -> None:  # noqa: 
     h.fake.wait_stopped(1, 2, 3, 4, 5)
 
 
+def test_jobs_tell_whether_the_host_lookup_answered(make) -> None:  # noqa: ANN001
+    """``host_read``: the lookup returned (a host or None) rather than raised; the
+    driver's lookup returns only for a well-formed payload."""
+    h = make(10, True, {1: "h1", 2: None, 3: "RAISE"})
+    h.submit(1, 2, 3)
+    assert [h.jobs[m].host_read for m in ("1", "2", "3")] == [True, True, False]
+    assert [h.jobs[m].host for m in ("1", "2", "3")] == ["h1", None, None]
+    parallel = make(10, False, {4: "h1"})
+    parallel.submit(4)
+    assert parallel.jobs["4"].host_read is False  # no lookup in parallel mode
+    h.fake.release(1, 2, 3)
+    parallel.fake.release(4)
+    h.fake.wait_stopped(1, 2, 3)
+    parallel.fake.wait_stopped(4)
+
+
 def test_parallel_mode_only_the_limit_applies(make) -> None:  # noqa: ANN001
     h = make(3, False, {i: "h1" for i in range(1, 6)})
     h.submit(1, 2, 3, 4, 5)

@@ -93,8 +93,8 @@ def captured_messages(monkeypatch: pytest.MonkeyPatch) -> List[messages.Message]
     made: List[messages.Message] = []
     real = messages.decode
 
-    def decode(payload: str) -> messages.Message:
-        made.append(real(payload))
+    def decode(payload: str, well_formed: bool = False) -> messages.Message:
+        made.append(real(payload, well_formed=well_formed))
         return made[-1]
 
     monkeypatch.setattr(engine.messages, "decode", decode)

@@ -54,7 +54,10 @@ def excerpt(line: str, keep: int = 80) -> str:
 
 
 def host_of(request: Request) -> Optional[str]:
-    """The HOST of a request, for single-host scheduling (nothing decoded is kept)."""
+    """The HOST of a request, for single-host scheduling (nothing decoded is kept).
+
+    It raises unless the payload passed the XML well-formedness check: the
+    action need not check it again (``Job.host_read``)."""
     return messages.peek_text(request.payload, "HOST")
 
 
@@ -76,7 +79,7 @@ class Driver:
         self.exit_code = 0
 
     def _execute(self, job: Job) -> None:
-        perform(self.services, job.request, job.scope, job.gate)
+        perform(self.services, job.request, job.scope, job.gate, well_formed=job.host_read)
 
     # -- request loop ---------------------------------------------------------
     def handle(self, line: str) -> None:

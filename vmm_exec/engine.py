@@ -149,18 +149,20 @@ def execute_call_with_hooks(ctx: ActionContext, hooked: HookedCall) -> Tuple[boo
     return ok, outcome[-1][1]
 
 
-def perform(services: Services, request: Request, scope: CancelScope, gate: Gate) -> None:
+def perform(services: Services, request: Request, scope: CancelScope, gate: Gate,
+            well_formed: bool = False) -> None:
     """Carry out one request and send its single answer (none if cancelled).
 
     The payload is decoded here, in the action's own thread: the queue holds
-    only the request line's text.
+    only the request line's text. ``well_formed``: the payload already passed
+    the XML well-formedness check (the scheduler's HOST lookup ran it).
     """
     writer, config = services.writer, services.config
     action, msg_id = request.action, request.msg_id
     message: Optional[messages.Message] = None
     try:
         try:
-            message = messages.decode(request.payload)
+            message = messages.decode(request.payload, well_formed=well_formed)
         except MessageError as exc:
             raise ActionError(f"Cannot perform {action}: {exc}") from exc
         planned = plan_request(BuildRequest(action, msg_id, message, config, request.payload),

@@ -46,15 +46,17 @@ class MessageError(ValueError):
     """The payload cannot be used; ``str()`` is a reason an operator understands."""
 
 
-def decode(payload_b64: str) -> Message:
+def decode(payload_b64: str, well_formed: bool = False) -> Message:
     """Decode an action payload like ``VirtualMachineDriver#decode``.
 
     Base64 is decoded as leniently as Ruby does; where Ruby would have
     crashed (garbage, not XML, no root element) a MessageError is raised.
+    ``well_formed``: this payload passed the well-formedness check already
+    (:func:`peek_text` returned for it), which is not run again.
     """
     text = _bytes_to_text(_decode64(payload_b64))
     try:
-        doc = xmlcompat.parse(text)
+        doc = xmlcompat.parse(text, well_formed=well_formed)
     except XmlError as exc:
         raise MessageError(f"cannot decode the action payload: {exc}") from exc
     if doc.root is None:  # pragma: no cover - parse() always yields a root
@@ -120,7 +122,10 @@ def _add_element_to_path(target: Element, element: Element, path: str) -> None:
 def peek_text(payload_b64: str, path: str) -> Optional[str]:
     """One value of a payload that is otherwise not needed yet (the scheduler's
     HOST lookup): the decoded tree is taken apart at once, so that a long queue
-    of requests does not keep trees waiting for the garbage collector."""
+    of requests does not keep trees waiting for the garbage collector.
+
+    Raises MessageError unless the payload decodes; when it returns, the payload
+    passed the well-formedness check (``decode(..., well_formed=True)``)."""
     if "/" not in path:
         try:
             quick = xmlcompat.child_text_quickly(_bytes_to_text(_decode64(payload_b64)),

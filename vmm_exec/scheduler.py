@@ -62,6 +62,8 @@ class Job:
     # ``done`` once it has finished and left the scheduler's books (its worker, in
     # ``thread``, may go on with other jobs)
     dispatched: bool = False
+    # whether ``host_of`` answered for it (it may raise on an unreadable payload)
+    host_read: bool = False
     thread: Optional[threading.Thread] = None
     seq: int = 0
     # made when first asked for: an Event is about 1 KiB, and thousands of jobs
@@ -131,8 +133,8 @@ class Scheduler:
     # -- requests -----------------------------------------------------------
     def submit(self, request: Request) -> Optional[Job]:
         """Queue a request; None once FINALIZE was received (Ruby ignores it then)."""
-        host = self._lookup_host(request) if self._single_host else None
-        job = Job(request, host)
+        host, read = self._lookup_host(request) if self._single_host else (None, False)
+        job = Job(request, host, host_read=read)
         job.scope.name = f"{request.action}-{request.msg_id}"
         with self._lock:
             if self.finalizing:
@@ -221,11 +223,11 @@ class Scheduler:
             return self._num_running
 
     # -- internals ----------------------------------------------------------
-    def _lookup_host(self, request: Request) -> Optional[str]:
+    def _lookup_host(self, request: Request) -> Tuple[Optional[str], bool]:
         try:
-            return self._host_of(request)
+            return self._host_of(request), True
         except Exception:  # noqa: BLE001 - an unreadable payload runs unconstrained
-            return None
+            return None, False
 
     def _runnable(self, host: Optional[str]) -> bool:
         return host is None or host not in self._busy_hosts

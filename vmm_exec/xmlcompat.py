@@ -607,16 +607,18 @@ def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
     return found
 
 
-def parse(text: str) -> Document:
+def parse(text: str, well_formed: bool = False) -> Document:
     """Parse ``text`` (already decoded) into a raw-preserving Document.
 
     A leading byte-order mark is dropped, as REXML's Source does.
+    ``well_formed``: lxml has checked this text already; not again.
     """
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip(" \t\r\n"):
         raise XmlError("payload is empty")
-    _check_well_formed(text)
+    if not well_formed:
+        _check_well_formed(text)
     return _build(text)
 
 
