@@ -291,14 +291,13 @@ def dispose(element: Element) -> None:
 
 
 def _unlink(nodes: List[Node]) -> None:
-    stack = list(nodes)
+    """Empty every element's child list: what is left are links up (a node to its
+    parent, the root to its document), which make no cycle."""
+    stack = [node for node in nodes if isinstance(node, Element)]
     while stack:
-        node = stack.pop()
-        node.parent = None
-        if isinstance(node, Element):
-            node._document = None
-            stack.extend(node.children)
-            node.children = []
+        element = stack.pop()
+        children, element.children = element.children, []
+        stack.extend([child for child in children if isinstance(child, Element)])
 
 
 class Document:
@@ -642,6 +641,7 @@ def _build(text: str) -> Document:
     # writes nearly every value as CDATA) are made without __init__, the slots
     # set here: this loop is most of the cost of decoding a request
     new_element, new_text = Element.__new__, TextNode.__new__
+    carriage_returns = "\r" in text  # nearly never: then no text needs _unix_newlines
     while pos < end:
         m = match(text, pos)
         if m is None:
@@ -651,7 +651,8 @@ def _build(text: str) -> Document:
         node: Node
         if kind == 1 or kind == 6:
             text_node = new_text(TextNode if kind == 1 else CDataNode)
-            text_node.raw = _unix_newlines(m.group(kind))
+            raw = m.group(kind)
+            text_node.raw = _unix_newlines(raw) if carriage_returns else raw
             text_node.parent = current
             siblings.append(text_node)
             continue
