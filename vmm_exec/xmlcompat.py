@@ -273,14 +273,14 @@ class Element(Node):
 
 
 def dispose(element: Element) -> None:
-    """Break the parent links of ``element``'s tree (its document's, if it has
-    one) once nobody reads it any more.
+    """Take ``element``'s tree (its document's, if it has one) apart once nobody
+    reads it any more.
 
     Parent links make reference cycles: a dropped tree is left to the cyclic
     garbage collector, which finds it only after it was promoted to the older
     generations (a tree lives as long as its action) and then traverses every
     object the driver holds. Under a storm that doubled the cost of decoding
-    a request. Unlinked, a tree goes by reference counting at once."""
+    a request. Taken apart, a tree goes by reference counting at once."""
     top = element
     while top.parent is not None:
         top = top.parent
@@ -309,7 +309,7 @@ class Document:
         self.children: List[Node] = []
 
     def dispose(self) -> None:
-        """Break the tree's parent links now: see :func:`dispose`."""
+        """Take the tree apart now: see :func:`dispose`."""
         nodes, self.children = self.children, []
         _unlink(nodes)
 
