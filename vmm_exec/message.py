@@ -138,9 +138,7 @@ def peek_text(payload_b64: str, path: str) -> Optional[str]:
     try:
         return message.text(path)
     finally:
-        document = message.root.document
-        if document is not None:
-            document.dispose()
+        message.dispose()
 
 
 class Message:
