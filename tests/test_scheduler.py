@@ -500,6 +500,8 @@ def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
     def finish(msg_id: str) -> None:
         fake.release(msg_id)
         assert jobs[msg_id].done.wait(WAIT)
+        with scheduler._lock:  # white-box: the worker's follow-up dispatch is over
+            pass
         finished.add(msg_id)
         model.finish(msg_id)
 
@@ -548,6 +550,8 @@ def test_scheduler_follows_the_affinity_model(limit: int, bypass_limit: int,
     def finish(msg_id: str) -> None:
         fake.release(msg_id)
         assert jobs[msg_id].done.wait(WAIT)
+        with scheduler._lock:  # white-box: the worker's follow-up dispatch is over
+            pass
         finished.add(msg_id)
         model.finish(msg_id)
 
