@@ -483,50 +483,70 @@ class Model:
         self._dispatch()
 
 
+class ModelRun:
+    """The scheduler and the model driven side by side, compared after every step."""
+
+    def __init__(self, limit: int, single_host: bool, warm: Optional[Set[str]] = None,
+                 bypass_limit: int = 0) -> None:
+        self.hosts: Dict[str, Optional[str]] = {}
+        self.fake = FakeExecute(self.hosts)
+        options: Dict[str, Any] = {}
+        if warm is not None:
+            options = {"warm": lambda: frozenset(warm), "bypass_limit": bypass_limit}
+        self.scheduler = Scheduler(limit, single_host, self.fake,
+                                   lambda r: self.hosts[r.msg_id], **options)
+        self.model = Model(limit, single_host, self.hosts, warm, bypass_limit)
+        self.jobs: Dict[str, Job] = {}
+        self.finished: Set[str] = set()
+
+    def submit(self, msg_id: str, host: Optional[str]) -> None:
+        self.hosts[msg_id] = host
+        submitted = self.scheduler.submit(request(msg_id))
+        assert submitted is not None
+        self.jobs[msg_id] = submitted
+        self.model.submit(msg_id)
+
+    def finish(self, msg_id: str) -> None:
+        self.fake.release(msg_id)
+        assert self.jobs[msg_id].done.wait(WAIT)
+        with self.scheduler._lock:  # white-box: the worker's follow-up dispatch is over
+            pass
+        self.finished.add(msg_id)
+        self.model.finish(msg_id)
+
+    def check(self) -> None:
+        dispatched = {m for m, j in self.jobs.items() if j.dispatched} - self.finished
+        assert dispatched == set(self.model.running)
+        assert len(self.model.running) <= self.model.limit
+
+    def drain(self) -> None:
+        while self.model.running:
+            self.finish(self.model.running[0])
+            self.check()
+        assert not self.model.queue
+        self.scheduler.finalize()
+        assert self.scheduler.wait_finished(WAIT)
+
+    def close(self) -> None:
+        self.scheduler.stop_all(grace=0.2)
+        self.fake.release_all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 3), st.booleans(), st.data())
 def test_scheduler_follows_the_ruby_model(limit: int, single_host: bool,
                                           data: st.DataObject) -> None:
-    hosts: Dict[str, Optional[str]] = {}
-    fake = FakeExecute(hosts)
-    scheduler = Scheduler(limit, single_host, fake, lambda r: hosts[r.msg_id])
-    model = Model(limit, single_host, hosts)
-    jobs: Dict[str, Job] = {}
-    finished: Set[str] = set()
-
-    def dispatched() -> Set[str]:
-        return {m for m, j in jobs.items() if j.dispatched} - finished
-
-    def finish(msg_id: str) -> None:
-        fake.release(msg_id)
-        assert jobs[msg_id].done.wait(WAIT)
-        with scheduler._lock:  # white-box: the worker's follow-up dispatch is over
-            pass
-        finished.add(msg_id)
-        model.finish(msg_id)
-
+    run = ModelRun(limit, single_host)
     try:
         for step in range(data.draw(st.integers(1, 20))):
-            if model.running and data.draw(st.booleans()):
-                finish(data.draw(st.sampled_from(sorted(model.running))))
+            if run.model.running and data.draw(st.booleans()):
+                run.finish(data.draw(st.sampled_from(sorted(run.model.running))))
             else:
-                msg_id = str(step)
-                hosts[msg_id] = data.draw(st.sampled_from(["h1", "h2", "h3", None]))
-                submitted = scheduler.submit(request(msg_id))
-                assert submitted is not None
-                jobs[msg_id] = submitted
-                model.submit(msg_id)
-            assert dispatched() == set(model.running)
-            assert len(model.running) <= limit
-        while model.running:
-            finish(model.running[0])
-            assert dispatched() == set(model.running)
-        assert not model.queue
-        scheduler.finalize()
-        assert scheduler.wait_finished(WAIT)
+                run.submit(str(step), data.draw(st.sampled_from(["h1", "h2", "h3", None])))
+            run.check()
+        run.drain()
     finally:
-        scheduler.stop_all(grace=0.2)
-        fake.release_all()
+        run.close()
 
 
 @settings(max_examples=60, deadline=None)
@@ -535,26 +555,8 @@ def test_scheduler_follows_the_affinity_model(limit: int, bypass_limit: int,
                                               data: st.DataObject) -> None:
     """With a transport that keeps connections, the order is the model's, whatever
     the warm hosts do between steps; no job is passed over more than the limit."""
-    hosts: Dict[str, Optional[str]] = {}
     warm: Set[str] = set()
-    fake = FakeExecute(hosts)
-    scheduler = Scheduler(limit, True, fake, lambda r: hosts[r.msg_id],
-                          warm=lambda: frozenset(warm), bypass_limit=bypass_limit)
-    model = Model(limit, True, hosts, warm, bypass_limit)
-    jobs: Dict[str, Job] = {}
-    finished: Set[str] = set()
-
-    def dispatched() -> Set[str]:
-        return {m for m, j in jobs.items() if j.dispatched} - finished
-
-    def finish(msg_id: str) -> None:
-        fake.release(msg_id)
-        assert jobs[msg_id].done.wait(WAIT)
-        with scheduler._lock:  # white-box: the worker's follow-up dispatch is over
-            pass
-        finished.add(msg_id)
-        model.finish(msg_id)
-
+    run = ModelRun(limit, True, warm, bypass_limit)
     try:
         for step in range(data.draw(st.integers(1, 30))):
             choice = data.draw(st.integers(0, 2))
@@ -562,26 +564,15 @@ def test_scheduler_follows_the_affinity_model(limit: int, bypass_limit: int,
                 changed = data.draw(st.sets(st.sampled_from(["h1", "h2", "h3", "h4"])))
                 warm.clear()
                 warm.update(changed)
-            elif choice == 1 and model.running:
-                finish(data.draw(st.sampled_from(sorted(model.running))))
+            elif choice == 1 and run.model.running:
+                run.finish(data.draw(st.sampled_from(sorted(run.model.running))))
             else:
-                msg_id = str(step)
-                hosts[msg_id] = data.draw(st.sampled_from(["h1", "h2", "h3", "h4", None]))
-                submitted = scheduler.submit(request(msg_id))
-                assert submitted is not None
-                jobs[msg_id] = submitted
-                model.submit(msg_id)
-            assert dispatched() == set(model.running)
-        while model.running:
-            finish(model.running[0])
-            assert dispatched() == set(model.running)
-        assert not model.queue
-        assert max(model.passed_over.values(), default=0) <= bypass_limit
-        scheduler.finalize()
-        assert scheduler.wait_finished(WAIT)
+                run.submit(str(step), data.draw(st.sampled_from(["h1", "h2", "h3", "h4", None])))
+            run.check()
+        run.drain()
+        assert max(run.model.passed_over.values(), default=0) <= bypass_limit
     finally:
-        scheduler.stop_all(grace=0.2)
-        fake.release_all()
+        run.close()
 
 
 def test_a_warm_host_goes_first_at_most_bypass_limit_times(make) -> None:  # noqa: ANN001

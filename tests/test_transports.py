@@ -839,45 +839,32 @@ def test_stream_check_a_script_exiting_42_is_not_missing(make_rig: MakeRig, tmp_
     assert (result.code, result.stderr) == (42, "MISSING\nExitCode: 42")
 
 
-def test_stream_check_wire_text_is_rubys(make_rig: MakeRig, tmp_path: Path) -> None:
-    wire = tmp_path / "wire"
+def test_stream_check_wire_text(make_rig: MakeRig, tmp_path: Path) -> None:
+    """Strict mode sends Ruby's text: the check as a command of its own. Default mode:
+    the check rides with the command (one round trip); a missing script skips the
+    command, which is sent again, unchanged, after the update. The watchdog comes
+    first either way (invisible: its output is consumed)."""
+    for merge_check in (False, True):
+        wire = tmp_path / f"wire-{merge_check}"
 
-    def tee_opener(host: str, shell: str, forward: bool) -> List[str]:
-        return ["bash", "-c", f"tee -a {wire} | {shell} -s"]
+        def tee_opener(host: str, shell: str, forward: bool, wire: Path = wire) -> List[str]:
+            return ["bash", "-c", f"tee -a {wire} | {shell} -s"]
 
-    rig = make_rig(opener=tee_opener)
-    result = rig.run("/x/s a", "body", "/x/s a b")
-    assert result.code == 127
-    assert rig.updates == ["h"]
-    text = wire.read_text()
-    nonce = rig.stream._nonce  # white-box: the per-stream marker suffix
-    tail = (f'; echo "ExitCode: $? EOF_ERR_{nonce}" 1>&2; echo "EOF_OUT_{nonce}"\n')
-    ruby_check = ('if [ ! -x "/x/s" ]; ' + " " * 26 + "then exit 42 1>&2; " + " " * 24 + "fi")
-    # first the watchdog (invisible: its output is consumed), then Ruby's text
-    assert text == (f"{WATCHDOG_START}({WATCHDOG_REPORT}){tail}({ruby_check}){tail}"
-                    f"(cat << 'EOT' | /x/s a){tail}body\nEOT\n")
-
-
-def test_stream_merged_check_wire_text(make_rig: MakeRig, tmp_path: Path) -> None:
-    """Default mode: the check rides with the command (one round trip); a missing
-    script skips the command, which is sent again, unchanged, after the update."""
-    wire = tmp_path / "wire"
-
-    def tee_opener(host: str, shell: str, forward: bool) -> List[str]:
-        return ["bash", "-c", f"tee -a {wire} | {shell} -s"]
-
-    rig = make_rig(opener=tee_opener, merge_check=True)
-    result = rig.run("/x/s a", "body", "/x/s a b")
-    assert result.code == 127
-    assert rig.updates == ["h"]
-    text = wire.read_text()
-    nonce = rig.stream._nonce  # white-box: the per-stream marker suffix
-    tail = (f'; echo "ExitCode: $? EOF_ERR_{nonce}" 1>&2; echo "EOF_OUT_{nonce}"\n')
-    guard = f'if [ ! -x "/x/s" ]; then echo MISSING_{nonce} 1>&2; exit 42; fi; '
-    command = "cat << 'EOT' | /x/s a"
-    assert text == (f"{WATCHDOG_START}({WATCHDOG_REPORT}){tail}"
-                    f"({guard}{command}){tail}body\nEOT\n"
-                    f"({command}){tail}body\nEOT\n")
+        rig = make_rig(opener=tee_opener, merge_check=merge_check)
+        result = rig.run("/x/s a", "body", "/x/s a b")
+        assert result.code == 127
+        assert rig.updates == ["h"]
+        nonce = rig.stream._nonce  # white-box: the per-stream marker suffix
+        tail = f'; echo "ExitCode: $? EOF_ERR_{nonce}" 1>&2; echo "EOF_OUT_{nonce}"\n'
+        command = f"(cat << 'EOT' | /x/s a){tail}body\nEOT\n"
+        if merge_check:
+            guard = f'if [ ! -x "/x/s" ]; then echo MISSING_{nonce} 1>&2; exit 42; fi; '
+            sent = f"({guard}{command[1:]}{command}"
+        else:
+            ruby_check = ('if [ ! -x "/x/s" ]; ' + " " * 26 + "then exit 42 1>&2; "
+                          + " " * 24 + "fi")
+            sent = f"({ruby_check}){tail}{command}"
+        assert wire.read_text() == f"{WATCHDOG_START}({WATCHDOG_REPORT}){tail}{sent}"
 
 
 def test_stream_fake_end_markers_do_not_end_command(make_rig: MakeRig) -> None:
