@@ -1119,6 +1119,22 @@ def test_stream_unreachable_host_without_check(make_rig: MakeRig) -> None:
                              "Error connecting to nowhere")
 
 
+def test_stream_unreachable_host_with_check_reads_the_same_both_ways(make_rig: MakeRig) -> None:
+    """Ruby's check takes the connection's end (255) and its command gets -1, with the
+    connection error as its stderr: the merged check must not change that text."""
+    def unreachable(host: str, shell: str, forward: bool) -> List[str]:
+        return ["sh", "-c", "echo 'ssh: connect to host nowhere port 22: No route' >&2; exit 255"]
+
+    results = []
+    for merge_check in (False, True):
+        rig = make_rig(opener=unreachable, host="nowhere", merge_check=merge_check)
+        result = rig.run("/x/s a", "body", "/x/s a")
+        results.append((result.code, result.stderr, rig.updates))
+    assert results[0] == results[1]
+    assert results[0] == (-1, "ssh: connect to host nowhere port 22: No route\n"
+                              "ExitSSHCode: 255\nError connecting to nowhere", [])
+
+
 def test_stream_opener_program_missing_is_a_connection_error(make_rig: MakeRig) -> None:
     rig = make_rig(opener=lambda host, shell, fwd: ["/nonexistent/dir/ssh", host, f"{shell} -s"],
                    host="hm")

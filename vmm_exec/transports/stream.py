@@ -369,7 +369,9 @@ class StreamCommand:
         if base_cmd is not None:
             script = re.match(r"\S*", base_cmd)
             operand = check_operand(script.group(0) if script else "")
-            if not self.merge_check:
+            # a stream found dead when it opened reports its end to the first command
+            # and -1 to the next, as Ruby's check and command do: same text both ways
+            if not self.merge_check or not self.stream.alive:
                 check = (f'if [ ! -x {operand} ];                           '
                          f'then exit {MAGIC_RC} 1>&2;                         fi')
                 self.stream.exec(check)
