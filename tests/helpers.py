@@ -242,6 +242,11 @@ def non_protocol_lines(lines: Sequence[str]) -> List[str]:
 # --------------------------------------------------------------------------------------
 
 
+def b64(text: str) -> str:
+    """Strict base64 of UTF-8 text, as oned writes payloads."""
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02,
                what: str = "condition") -> None:
     """Poll ``predicate`` until true; AssertionError after ``timeout`` seconds."""

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
+from e2e.kit import scenario_xml
+from helpers import b64
 
 from vmm_exec import driver as driver_module
 from vmm_exec.config import DriverConfig, Paths
-
-SCENARIOS = Path(__file__).resolve().parent.parent / "compat" / "scenarios"
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 @pytest.mark.parametrize("single_host", [True, False], ids=["single-host", "parallel"])
@@ -39,7 +34,7 @@ def test_the_payload_check_of_the_host_lookup_is_not_repeated(
     (tmp_path / "var").mkdir()
     config = DriverConfig(hypervisor="kvm", paths=Paths(str(tmp_path)), single_host=single_host)
     drv = driver_module.Driver(config, io.BytesIO(), io.BytesIO())
-    good = b64((SCENARIOS / "deploy_basic" / "deploy.xml").read_text(encoding="utf-8"))
+    good = b64(scenario_xml("deploy_basic", "deploy.xml"))
     bad = b64("<VMM_DRIVER_ACTION_DATA><HOST>h</HOST>")  # not well-formed
     try:
         drv.handle(f"DEPLOY  5 {good}\n")

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pytest
+from helpers import b64
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
@@ -182,10 +183,6 @@ def encode64_ruby(data: str) -> str:
     """``Base64.encode64``: 60 columns, every line newline-terminated."""
     flat = base64.b64encode(data.encode("utf-8")).decode("ascii")
     return "".join(flat[i:i + 60] + "\n" for i in range(0, len(flat), 60))
-
-
-def b64(data: str) -> str:
-    return base64.b64encode(data.encode("utf-8")).decode("ascii")
 
 
 def esc(value: str) -> str:

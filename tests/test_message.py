@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
+from helpers import b64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,11 +25,6 @@ from vmm_exec.xmlcompat import parse
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "compat" / "scenarios"
 FAKE_WORLD = "/tmp/vmm-exec-test-world-7c1e"
-
-
-def b64(text: str) -> str:
-    """Strict base64 of UTF-8 text, as oned writes payloads."""
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 def load(scenario: str, name: str) -> str:

@@ -9,13 +9,14 @@ would have to find after a message, its network view and its copies are done.
 
 from __future__ import annotations
 
-import base64
 import gc
 import io
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+from e2e.kit import scenario_xml
+from helpers import b64
 
 from vmm_exec import actions, engine, xmlcompat
 from vmm_exec import message as messages
@@ -25,13 +26,8 @@ from vmm_exec.context import Services
 from vmm_exec.protocol import Gate, Request, Writer
 from vmm_exec.transports.openssh import OpenSSHTransport
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "compat" / "scenarios"
-DEPLOY = (SCENARIOS / "deploy_basic" / "deploy.xml").read_text(encoding="utf-8")
+DEPLOY = scenario_xml("deploy_basic", "deploy.xml")
 PREFIXED = DEPLOY.replace("<VM>", "<VM xmlns:one='urn:x'><one:EXTRA>1</one:EXTRA>", 1)
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 @pytest.fixture
