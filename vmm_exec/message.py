@@ -227,10 +227,10 @@ class Message:
             if _MAYBE_PREFIXED.search(self.element_xml("VM")):
                 source = reparsed = _root(xmlcompat.parse(self.element_xml("VM")))
                 take = _itself
-            view = built = Element("VM")  # REXML::Document.new('<VM></VM>').root
+            view = Element("VM")  # REXML::Document.new('<VM></VM>').root
             for xpath in VNM_XPATHS:
                 for element in source.find_all(xpath):
-                    _add_element_to_path(built, take(element), xpath)
+                    _add_element_to_path(view, take(element), xpath)
             drivers: List[str] = []
             for device in VNM_DEVICES:
                 xpath = "TEMPLATE/" + device
@@ -241,8 +241,8 @@ class Message:
                         continue
                     if vn_mad not in drivers:
                         drivers.append(vn_mad)
-                    _add_element_to_path(built, take(element), xpath)
-            written = built.to_s()
+                    _add_element_to_path(view, take(element), xpath)
+            written = view.to_s()
         except XmlError as exc:
             raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
         finally:

@@ -365,28 +365,29 @@ class StreamCommand:
             self.stream.reset()
         if not self.stream.opened:
             self.stream.open(check_timeout if check_timeout is not None else self.timeout)
-        operand: Optional[str] = None
+        guard: Optional[str] = None  # the script checked in the command's round trip
         if base_cmd is not None:
             script = re.match(r"\S*", base_cmd)
             operand = check_operand(script.group(0) if script else "")
             # a stream found dead when it opened reports its end to the first command
             # and -1 to the next, as Ruby's check and command do: same text both ways
-            if not self.merge_check or not self.stream.alive:
+            if self.merge_check and self.stream.alive:
+                guard = operand
+            else:
                 check = (f'if [ ! -x {operand} ];                           '
                          f'then exit {MAGIC_RC} 1>&2;                         fi')
                 self.stream.exec(check)
                 if self.stream.wait_for_command(once=check_timeout) == MAGIC_RC:
                     self._update_remotes()
-                operand = None
         body = None
         shown = command
         if stdin is not None:
             delimiter = heredoc_delimiter(stdin)
             shown = f"cat << '{delimiter}' | {command}"
             body = f"{stdin}\n{delimiter}\n"
-        self.stream.exec(shown, body, unless_missing=operand)
+        self.stream.exec(shown, body, unless_missing=guard)
         code = self.stream.wait_for_command(self.timeout)
-        if operand is not None and self.stream.missing(code):
+        if guard is not None and self.stream.missing(code):
             self._update_remotes()
             self.stream.exec(shown, body)
             code = self.stream.wait_for_command(self.timeout)
