@@ -518,7 +518,7 @@ def test_a_payload_is_checked_once_when_its_host_was_read(
 
 
 # --------------------------------------------------------------------------
-# the network view is built from copies of the matches: the same as REXML's
+# the network view is written from the matches: the same as REXML's
 # re-parse of VM.to_s with the matches moved out of it (the reference below)
 # --------------------------------------------------------------------------
 def reference_vnm_view(m: Message) -> Tuple[List[str], str]:
@@ -592,7 +592,7 @@ def test_vnm_view_equals_the_reparse_of_vm_to_s(children: str, vm_ns: str, outer
 @settings(max_examples=300, deadline=None)
 @given(vm_children())
 def test_a_prefixed_name_is_never_missed(children: str) -> None:
-    from vmm_exec.message import _MAYBE_PREFIXED
+    from vmm_exec.message import _maybe_prefixed
 
     m = decode(b64(f"<D xmlns:x='u' xmlns:n='u'><VM>{children}</VM></D>"))
     vm = m.element("VM")
@@ -605,4 +605,4 @@ def test_a_prefixed_name_is_never_missed(children: str) -> None:
         names.extend(key for key, _ in element.attributes)
         stack.extend(element.elements())
     if any(":" in name for name in names):
-        assert _MAYBE_PREFIXED.search(m.element_xml("VM"))
+        assert _maybe_prefixed(m.element_xml("VM"))

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,11 +25,9 @@ from vmm_exec.xmlcompat import (
     CommentNode,
     Element,
     InstructionNode,
-    Node,
     TextNode,
     XmlError,
     parse,
-    reparsed_copy,
 )
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "compat" / "scenarios"
@@ -711,51 +709,19 @@ def test_base64_payload_round_trip() -> None:
 
 
 # --------------------------------------------------------------------------
-# reparsed_copy: the parse of an element's serialisation, without writing it
+# what the network view relies on (message.vnm_view writes the matches of VM
+# instead of moving them out of a parse of VM.to_s, as REXML does)
 # --------------------------------------------------------------------------
-def _shape(node: Node) -> Any:
-    """Everything a node holds that reading or writing it can see."""
-    if isinstance(node, Element):
-        return ("element", node.name, list(node.attributes),
-                [_shape(child) for child in node.children])
-    if isinstance(node, TextNode):
-        return (type(node).__name__, node.raw)
-    if isinstance(node, CommentNode):
-        return ("comment", node.content)
-    assert isinstance(node, InstructionNode)
-    return ("pi", node.target, node.content)
-
-
-def _parents_consistent(element: Element) -> bool:
-    return all(child.parent is element and
-               (not isinstance(child, Element) or _parents_consistent(child))
-               for child in element.children)
-
-
 @PROPERTY_SETTINGS
 @given(document())
-def test_reparsed_copy_is_the_parse_of_the_written_element(doc: Tuple[str, str]) -> None:
+def test_every_element_reads_the_same_after_writing_and_parsing_it(
+        doc: Tuple[str, str]) -> None:
     src, _ = doc
-    top = root(src)
-    before = _shape(top)
-    elements = [top]
+    elements = [root(src)]
     for element in elements:
         elements.extend(element.elements())
     for element in elements:
-        copy = reparsed_copy(element)
-        assert copy is not None
-        assert _shape(copy) == _shape(root(element.to_s()))
-        assert copy.to_s() == element.to_s()
-        assert copy.parent is None and _parents_consistent(copy)
-        copy.add_element("NEW")
-    assert _shape(top) == before  # the copies share nothing with the original
-
-
-@pytest.mark.parametrize("text", [
-    '<D xmlns:x="u"><VM><ID>1</ID><x:A/></VM></D>',
-    '<D xmlns:x="u"><VM><ID x:a="1">1</ID></VM></D>',
-    '<D xmlns:x="u"><x:VM/></D>',
-])
-def test_reparsed_copy_leaves_prefixed_names_to_a_real_parse(text: str) -> None:
-    vm = root(text).elements().__next__()
-    assert reparsed_copy(vm) is None
+        written = element.to_s()
+        again = root(written)
+        assert again.to_s() == written
+        assert [e.to_s() for e in again.elements()] == [e.to_s() for e in element.elements()]

@@ -40,7 +40,6 @@ __all__ = [
     "XmlError",
     "normalize",
     "parse",
-    "reparsed_copy",
     "unnormalize",
 ]
 
@@ -419,80 +418,31 @@ def _write_element(root: Element, out: List[str]) -> None:
             _write(item, out)
 
 
-def reparsed_copy(element: Element) -> Optional[Element]:
-    """``parse(element.to_s()).root`` without writing and parsing again: a detached deep
-    copy with the attributes as the writer leaves them (sorted, ``'`` escaped), the
-    form a parse of the written text has. None when a name in it carries a prefix:
-    whether that text parses at all depends on namespace declarations left behind
-    above ``element`` (REXML and lxml refuse an undeclared prefix), so the caller
-    writes and parses for real."""
-    if ":" in element.name:
-        return None
-    copy = Element.__new__(Element)
-    copy.parent = None
-    pairs: List[Tuple[Element, Element]] = [(element, copy)]
-    while pairs:
-        source, target = pairs.pop()
-        target.name = source.name
-        target._document = None
-        attributes = source.attributes
-        if attributes:
-            if any(":" in key for key, _ in attributes):
-                return None
-            target.attributes = [(key, value.replace("'", "&apos;"))
-                                 for key, value in sorted(attributes, key=_attribute_key)]
-        else:
-            target.attributes = []
-        children: List[Node] = []
-        for child in source.children:
-            kind = type(child)
-            node: Node
-            if kind is Element:
-                assert isinstance(child, Element)
-                if ":" in child.name:
-                    return None
-                node = Element.__new__(Element)
-                pairs.append((child, node))
-            elif kind is TextNode or kind is CDataNode:
-                assert isinstance(child, TextNode)
-                node = kind.__new__(kind)
-                node.raw = child.raw
-            elif kind is CommentNode:
-                assert isinstance(child, CommentNode)
-                node = CommentNode(child.content)
-            elif kind is InstructionNode:
-                assert isinstance(child, InstructionNode)
-                node = InstructionNode(child.target, child.content)
-            else:  # pragma: no cover - every node class is handled above
-                return None
-            node.parent = target
-            children.append(node)
-        target.children = children
-    return copy
-
-
 # --------------------------------------------------------------------------
 # parsing
 # --------------------------------------------------------------------------
-# One token per match, told apart by the last group that took part:
-#   1 text | 4 start tag (2 name, 3 attributes, 4 "/" or "") | 5 end tag
-#   6 CDATA | 7 comment | 8/9 processing instruction (target, content) | 10 DOCTYPE
-_TOKEN = re.compile(
-    r"""
-      ([^<]+)
-    | <([^\s/>!?]+)((?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*)\s*(/?)>
-    | </([^\s>]+)\s*>
-    | <!\[CDATA\[(.*?)\]\]>
-    | <!--(.*?)-->
-    | <\?([^\s?]+)(\s+.*?)?\?>
-    | (<!DOCTYPE(?:"[^"]*"|'[^']*'|[^\[>"'])*
-         (?:\[(?:<!--.*?-->|<\?.*?\?>|"[^"]*"|'[^']*'|[^\]"'])*\]\s*)?>)
-    """,
-    re.S | re.X,
+# The tree is built from ``text.split("<")``: lxml has checked the document, so
+# "<" starts markup everywhere but inside CDATA sections, comments, processing
+# instructions and a DOCTYPE, whose pieces are joined back until their end is
+# found. Every piece is then a tag and the text after it: no regular-expression
+# tokenizer runs over the whole document (three times slower). Whitespace in
+# markup is XML's (space, tab, CR, LF), never Unicode's: U+1680 is a name
+# character, as REXML and lxml read it.
+_XML_SPACE = " \t\r\n"
+# a start tag with quoted attribute values (which may hold ">"), after its "<"
+_START_TAG = re.compile(
+    r"""([^ \t\r\n/>!?]+)((?:[ \t\r\n]+[^ \t\r\n=/>]+[ \t\r\n]*=[ \t\r\n]*"""
+    r"""(?:"[^"]*"|'[^']*'))*)[ \t\r\n]*(/?)>"""
 )
-# the same tokens without groups, for matching in C where no token is read
-_ANY_TOKEN = re.compile(re.sub(r"\((?!\?)", "(?:", _TOKEN.pattern), _TOKEN.flags)
-_ATTRIBUTE = re.compile(r"([^\s=/>]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+_ATTRIBUTE = re.compile(r"""([^ \t\r\n=/>]+)[ \t\r\n]*=[ \t\r\n]*(?:"([^"]*)"|'([^']*)')""")
+# a processing instruction between "<?" and "?>": its target, then content
+_INSTRUCTION = re.compile(r"([^ \t\r\n?]+)([ \t\r\n].*)?", re.S)
+# a DOCTYPE from its "<", internal subset included
+_DOCTYPE = re.compile(
+    r"""<!DOCTYPE(?:"[^"]*"|'[^']*'|[^\[>"'])*"""
+    r"""(?:\[(?:<!--.*?-->|<\?.*?\?>|"[^"]*"|'[^']*'|[^\]"'])*\][ \t\r\n]*)?>""",
+    re.S,
+)
 
 _local = threading.local()
 
@@ -536,17 +486,15 @@ UNSURE = Unsure()
 
 
 def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
-    """``parse(text).root.find(name).text`` without building the tree, for a plain
-    element name: lxml checks the document, then the tokens :func:`parse` would
-    read are scanned up to the first child of the root named ``name``, which is
-    read as :func:`parse` reads it; the rest of the document is only matched
-    against the same token grammar, in C (so that every error :func:`parse`
-    raises is still seen: lxml found it well-formed, so tags balance).
-    :data:`UNSURE` where that reading is not plain (the element holds a
-    comment, instruction or element before its first text, or names use
-    prefixes) or the document is refused: the caller then parses it fully,
-    errors included. Building the tree costs several times more, and the
-    scheduler needs only HOST of every request (oned writes it first).
+    """``parse(text).root.find(name).text`` for a plain element name, building the
+    tree only up to the end of the root's first child called ``name`` (the
+    scheduler needs only HOST of every request, and oned writes it first).
+
+    Exact because, once lxml accepts a document, building it fails only on an
+    entity declaration, which is in the prolog and so read before any element:
+    the part built is the part of the full tree, and the rest would build too.
+    :data:`UNSURE` when lxml refuses the document or the partial build or the
+    value raises: the caller then parses it fully, for the same error.
     """
     if ":" in name or "/" in name or name == "*":
         return UNSURE
@@ -554,56 +502,17 @@ def child_text_quickly(text: str, name: str) -> Union[Optional[str], Unsure]:
         text = text[1:]
     try:
         _check_well_formed(text)
+        doc = _build(text, stop=name)
     except XmlError:
         return UNSURE
-    found: Union[Optional[str], Unsure, None] = None
-    state = 0  # 0: looking, 1: inside the element, 2: read
-    depth = 0
-    pos, end = 0, len(text)
-    match = _TOKEN.match
-    while pos < end and state != 2:
-        m = match(text, pos)
-        if m is None:
-            return UNSURE
-        kind = m.lastindex
-        pos = m.end()
-        if kind == 4:
-            tag = m.group(2)
-            if state == 1:
-                found, state = UNSURE, 2
-            elif state == 0 and depth == 1 and tag == name:
-                if m.group(4):
-                    state = 2
-                else:
-                    state = 1
-            elif state == 0 and depth == 1 and ":" in tag:
-                return UNSURE  # a prefixed name might match
-            if not m.group(4):
-                depth += 1
-        elif kind == 5:
-            depth -= 1
-            if state == 1:
-                state = 2
-        elif kind == 10:
-            if "<!ENTITY" in m.group(10):
-                return UNSURE
-        elif state == 1:
-            if kind == 1:
-                found, state = unnormalize(_unix_newlines(m.group(1))), 2
-            elif kind == 6:
-                found, state = _unix_newlines(m.group(6)), 2
-            elif kind in (7, 8, 9):
-                found, state = UNSURE, 2
-    if state == 2:
-        if isinstance(found, Unsure):
-            return UNSURE
-        # what is left must be tokens back to back: findall skips what does not match
-        if sum(map(len, _ANY_TOKEN.findall(text, pos))) != end - pos:
-            return UNSURE
-        return found
-    if depth != 0:
+    try:
+        root = doc.root
+        element = root.find(name) if root is not None else None
+        return element.text if element is not None else None
+    except XmlError:
         return UNSURE
-    return found
+    finally:
+        doc.dispose()
 
 
 def parse(text: str, well_formed: bool = False) -> Document:
@@ -629,35 +538,69 @@ def _attributes(source: str) -> List[Tuple[str, str]]:
     ]
 
 
-def _build(text: str) -> Document:
-    """Tokenize well-formed text (lxml checked it) into the tree, in one pass."""
+def _offset(pieces: List[str], index: int) -> int:
+    """Where the "<" in front of ``pieces[index]`` is in ``"<".join(pieces)``."""
+    return len("<".join(pieces[:index]))
+
+
+def _build(text: str, stop: Optional[str] = None) -> Document:
+    """Build the tree of well-formed text (lxml checked it) in one pass.
+
+    ``stop``: return once the root's first child element of that name is
+    complete (what :func:`child_text_quickly` needs).
+    """
     doc = Document()
     stack: List[Element] = []
     current: Optional[Element] = None
     siblings = doc.children
-    pos, end = 0, len(text)
-    match = _TOKEN.match
     # the node kinds of nearly every token (elements, text, CDATA: OpenNebula
     # writes nearly every value as CDATA) are made without __init__, the slots
     # set here: this loop is most of the cost of decoding a request
     new_element, new_text = Element.__new__, TextNode.__new__
     carriage_returns = "\r" in text  # nearly never: then no text needs _unix_newlines
-    while pos < end:
-        m = match(text, pos)
-        if m is None:
-            raise XmlError(f"tokenizer: unexpected markup at offset {pos}")
-        kind = m.lastindex
-        pos = m.end()
-        node: Node
-        if kind == 1 or kind == 6:
-            text_node = new_text(TextNode if kind == 1 else CDataNode)
-            raw = m.group(kind)
-            text_node.raw = _unix_newlines(raw) if carriage_returns else raw
+    pieces = text.split("<")
+    index, count = 0, len(pieces)
+    rest = pieces[0]  # the text after the markup just read
+    while True:
+        if rest:
+            text_node = new_text(TextNode)
+            text_node.raw = _unix_newlines(rest) if carriage_returns else rest
             text_node.parent = current
             siblings.append(text_node)
+        index += 1
+        if index >= count:
+            break
+        piece = pieces[index]
+        first = piece[:1]
+        node: Node
+        if first == "/":
+            close = piece.find(">")
+            if close < 0 or current is None or \
+                    current.name != piece[1:close].rstrip(_XML_SPACE):
+                raise XmlError("tokenizer: unexpected end tag at offset "
+                               f"{_offset(pieces, index)}")
+            rest = piece[close + 1:]
+            stack.pop()
+            if stop is not None and len(stack) == 1 and current.name == stop:
+                return doc
+            current = stack[-1] if stack else None
+            siblings = current.children if current is not None else doc.children
             continue
-        elif kind == 4:
-            name, attributes, empty = m.group(2, 3, 4)
+        if first != "!" and first != "?":
+            close = piece.find(">")
+            head = piece[:close]
+            if close < 0 or '"' in head or "'" in head:
+                m = _START_TAG.match(piece)
+                if m is None:
+                    raise XmlError("tokenizer: unexpected markup at offset "
+                                   f"{_offset(pieces, index)}")
+                name, attributes, empty = m.group(1, 2, 3)
+                rest = piece[m.end():]
+            else:
+                empty = head[-1:] == "/"
+                name = (head[:-1] if empty else head).rstrip(_XML_SPACE)
+                attributes = ""
+                rest = piece[close + 1:]
             element = new_element(Element)
             element.name = name
             element.attributes = _attributes(attributes) if attributes else []
@@ -668,31 +611,71 @@ def _build(text: str) -> Document:
             if not empty:
                 stack.append(element)
                 current, siblings = element, element.children
+            elif stop is not None and len(stack) == 1 and name == stop:
+                return doc
             continue
-        elif kind == 5:
-            if current is None or current.name != m.group(5):
-                raise XmlError(f"tokenizer: unexpected end tag at offset {m.start()}")
-            stack.pop()
-            current = stack[-1] if stack else None
-            siblings = current.children if current is not None else doc.children
+        if piece.startswith("![CDATA["):
+            body, end, index = _until(pieces, index, 8, "]]>")
+            text_node = new_text(CDataNode)
+            text_node.raw = _unix_newlines(body[8:end]) if carriage_returns else body[8:end]
+            text_node.parent = current
+            siblings.append(text_node)
+            rest = body[end + 3:]
             continue
-        elif kind == 7:
-            node = CommentNode(m.group(7))
-        elif kind in (8, 9):
-            if m.group(8) == "xml":  # the XML declaration is not a node REXML writes
+        if piece.startswith("!--"):
+            body, end, index = _until(pieces, index, 3, "-->")
+            node = CommentNode(body[3:end])
+            rest = body[end + 3:]
+        elif first == "?":
+            body, end, index = _until(pieces, index, 1, "?>")
+            rest = body[end + 2:]
+            m = _INSTRUCTION.fullmatch(body, 1, end)
+            if m is None:
+                raise XmlError("tokenizer: unexpected markup at offset "
+                               f"{_offset(pieces, index)}")
+            if m.group(1) == "xml":  # the XML declaration is not a node REXML writes
                 continue
-            node = InstructionNode(m.group(8), m.group(9))
-        else:
-            if "<!ENTITY" in m.group(10):
+            node = InstructionNode(m.group(1), m.group(2))
+        elif piece.startswith("!DOCTYPE"):
+            # in the prolog only, and its internal subset may hold "<": matched on
+            # the text itself, whose remainder is then split again
+            source = "<".join(pieces)
+            m = _DOCTYPE.match(source, _offset(pieces, index))
+            if m is None:
+                raise XmlError("tokenizer: unexpected markup at offset "
+                               f"{_offset(pieces, index)}")
+            if "<!ENTITY" in m.group(0):
                 # REXML would expand such entities in Element#text; we refuse
                 # them rather than guess (and avoid entity-expansion attacks).
                 raise XmlError("DOCTYPE entity declarations are not supported")
+            pieces = source[m.end():].split("<")
+            index, count = 0, len(pieces)
+            rest = pieces[0]
             continue
+        else:
+            raise XmlError(f"tokenizer: unexpected markup at offset {_offset(pieces, index)}")
         node.parent = current
         siblings.append(node)
     if stack:
         raise XmlError(f"tokenizer: <{stack[-1].name}> is not closed")
     return doc
+
+
+def _until(pieces: List[str], index: int, skip: int, terminator: str) -> Tuple[str, int, int]:
+    """The piece at ``index`` joined with the next ones (by the "<" they were split
+    at) until ``terminator`` appears after its first ``skip`` characters: (the
+    joined text, where the terminator starts in it, the index of the last piece)."""
+    body = pieces[index]
+    end = body.find(terminator, skip)
+    while end < 0:
+        if index + 1 >= len(pieces):
+            raise XmlError(f"tokenizer: {terminator!r} missing after offset "
+                           f"{_offset(pieces, index)}")
+        searched = max(skip, len(body) - len(terminator) + 1)
+        index += 1
+        body += "<" + pieces[index]
+        end = body.find(terminator, searched)
+    return body, end, index
 
 
 # --------------------------------------------------------------------------
