@@ -293,10 +293,15 @@ def _unlink(nodes: List[Node]) -> None:
     """Empty every element's child list: what is left are links up (a node to its
     parent, the root to its document), which make no cycle."""
     stack = [node for node in nodes if isinstance(node, Element)]
+    pop, push = stack.pop, stack.append
     while stack:
-        element = stack.pop()
-        children, element.children = element.children, []
-        stack.extend([child for child in children if isinstance(child, Element)])
+        element = pop()
+        children = element.children
+        if children:
+            element.children = []
+            for child in children:
+                if isinstance(child, Element):
+                    push(child)
 
 
 class Document:
@@ -574,12 +579,11 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
         first = piece[:1]
         node: Node
         if first == "/":
-            close = piece.find(">")
-            if close < 0 or current is None or \
-                    current.name != piece[1:close].rstrip(_XML_SPACE):
+            head, close, rest = piece.partition(">")
+            if not close or current is None or (
+                    head[1:] != current.name and head[1:].rstrip(_XML_SPACE) != current.name):
                 raise XmlError("tokenizer: unexpected end tag at offset "
                                f"{_offset(pieces, index)}")
-            rest = piece[close + 1:]
             stack.pop()
             if stop is not None and len(stack) == 1 and current.name == stop:
                 return doc
@@ -587,9 +591,8 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             siblings = current.children if current is not None else doc.children
             continue
         if first != "!" and first != "?":
-            close = piece.find(">")
-            head = piece[:close]
-            if close < 0 or '"' in head or "'" in head:
+            head, close, rest = piece.partition(">")
+            if not close or '"' in head or "'" in head:
                 m = _START_TAG.match(piece)
                 if m is None:
                     raise XmlError("tokenizer: unexpected markup at offset "
@@ -600,7 +603,6 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
                 empty = head[-1:] == "/"
                 name = (head[:-1] if empty else head).rstrip(_XML_SPACE)
                 attributes = ""
-                rest = piece[close + 1:]
             element = new_element(Element)
             element.name = name
             element.attributes = _attributes(attributes) if attributes else []
