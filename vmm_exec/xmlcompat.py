@@ -397,24 +397,29 @@ def _write_element(root: Element, out: List[str]) -> None:
     append = out.append
     # an element still to open, any other node to write, or an end tag (a str)
     stack: List[Union[Node, str]] = [root]
+    pop, push = stack.pop, stack.append
     while stack:
-        item = stack.pop()
+        item = pop()
         if isinstance(item, str):
             append(item)
         elif isinstance(item, Element):
+            name, children = item.name, item.children
             if item.attributes:
-                append("<" + item.name + "".join(
+                start = "<" + name + "".join(
                     " " + key + "='" + value.replace("'", "&apos;") + "'"
-                    for key, value in sorted(item.attributes, key=_attribute_key)
-                ))
+                    for key, value in sorted(item.attributes, key=_attribute_key))
             else:
-                append("<" + item.name)
-            if not item.children:
-                append("/>")
+                start = "<" + name
+            if not children:
+                append(start + "/>")
                 continue
-            append(">")
-            stack.append("</" + item.name + ">")
-            stack.extend(reversed(item.children))
+            only = children[0] if len(children) == 1 else None
+            if type(only) is CDataNode:  # most of an OpenNebula document
+                append(f"{start}><![CDATA[{only.raw}]]></{name}>")
+            else:
+                append(start + ">")
+                push("</" + name + ">")
+                stack.extend(reversed(children))
         elif isinstance(item, CDataNode):
             append("<![CDATA[" + item.raw + "]]>")
         elif isinstance(item, TextNode):
