@@ -150,6 +150,10 @@ EDGE_CASES = [
     "<A\n b = 'v'\t>t</A\n>",
     "<A>a\r\nb\rc<![CDATA[d\r\ne]]></A>",
     "<A><B/><B></B>text<B>t</B></A>",
+    # the one-piece CDATA value and its near misses
+    "<A><B><![CDATA[v]]></B><C><![CDATA[]]></C><D><![CDATA[]]]></D></A>",
+    "<A><B><![CDATA[v]]></B ><C><![CDATA[x]]>t</C><D><![CDATA[a<b]]></D></A>",
+    "<A><B><![CDATA[v]]><![CDATA[w]]></B><C>\n<![CDATA[x]]></C><B><![CDATA[\r\n]]></B></A>",
 ]
 
 

@@ -615,7 +615,24 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             element.parent = current
             element._document = doc if current is None else None
             siblings.append(element)
-            if not empty:
+            complete = bool(empty)  # nothing more to read inside it
+            if not complete and not rest and index + 2 < count:
+                # most of an OpenNebula document: <NAME><![CDATA[value]]></NAME>,
+                # three pieces read at once (lxml refuses "]]>" outside CDATA, so
+                # a piece that starts and ends as a CDATA section is one)
+                value = pieces[index + 1]
+                if value[-3:] == "]]>" and value.startswith("![CDATA[") and len(value) > 10:
+                    head, close, after = pieces[index + 2].partition(">")
+                    if head[1:] == name and head[:1] == "/":
+                        text_node = new_text(CDataNode)
+                        raw = value[8:-3]
+                        text_node.raw = _unix_newlines(raw) if carriage_returns else raw
+                        text_node.parent = element
+                        element.children.append(text_node)
+                        index += 2
+                        rest = after
+                        complete = True
+            if not complete:
                 stack.append(element)
                 current, siblings = element, element.children
             elif stop is not None and len(stack) == 1 and name == stop:
