@@ -118,8 +118,7 @@ class SshStream:
         (default mode) the group's kill is also registered with the scope, from
         now until the shell is closed, killed or lost.
         """
-        self._send(encode(WATCHDOG_START))
-        self.exec(WATCHDOG_REPORT)
+        self.exec(WATCHDOG_REPORT, before=WATCHDOG_START)  # one write, one packet
         code = self.wait_for_command(once=timeout)
         group = parse_group(decode(self.out)) if code == 0 else None
         self._armed = group is not None
@@ -203,12 +202,13 @@ class SshStream:
             self._writer = None
 
     def exec(self, command: str, body: Optional[str] = None,
-             unless_missing: Optional[str] = None) -> None:
+             unless_missing: Optional[str] = None, before: str = "") -> None:
         """Start ``command`` (and its here-document body) if the shell is alive.
 
         ``unless_missing``: a script (a ``[ -x ]`` operand) checked first, in the
         same round trip: when it is not executable the command does not run and
-        :meth:`missing` tells so after :meth:`wait_for_command`."""
+        :meth:`missing` tells so after :meth:`wait_for_command`. ``before``: shell
+        lines sent ahead of the framed command, in the same write."""
         if not self.alive:
             return
         self.out = b""
@@ -218,7 +218,7 @@ class SshStream:
                        f" 1>&2; exit {MAGIC_RC}; fi; {command}")
         framed = (f'({command}); echo "ExitCode: $? EOF_ERR_{self._nonce}" 1>&2; '
                   f'echo "EOF_OUT_{self._nonce}"\n')
-        self._send(encode(framed) + encode(body))
+        self._send(encode(before + framed) + encode(body))
 
     def missing(self, code: int) -> bool:
         """After a command started ``unless_missing``: its script was missing (the
