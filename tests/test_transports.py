@@ -1033,7 +1033,8 @@ def test_stream_exit_in_command_only_ends_its_subshell(make_rig: MakeRig) -> Non
     # `exit` inside the framing's subshell only ends the subshell; a shell that
     # reads `exit` at its top level really ends the connection
     assert rig.run("exit 3").code == 3
-    result = rig.run("echo fine; kill -HUP $$", None, None, 20)
+    # (KILL: a HUP or TERM is ignored by a shell whose parent ignored it, as under nohup)
+    result = rig.run("echo fine; kill -KILL $$", None, None, 20)
     assert result.code == 255
     assert result.stdout == "fine\n"
     assert result.stderr.endswith("ExitSSHCode: 255\nError connecting to hostY")
