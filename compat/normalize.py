@@ -7,7 +7,11 @@ large payloads make raw text unreadable, so:
 * journal entries are grouped by VM in call order, the rest sorted, then
   one entry per file the run created or changed;
 * base64 of XML-ish text is shown decoded (exactly reversible), text over
-  4 KiB is replaced by its sha256 and length, the world path by {WORLD}.
+  4 KiB is replaced by its sha256 and length, the world path by {WORLD};
+* in the port's own remote kill commands (default mode: the process group of
+  a timed-out or cancelled command, killed over a new connection), the group
+  id and its start time, which change from run to run, by {PGID} and {START}
+  (the Ruby driver sends no such command, so its recordings never hold one).
 
 This must stay byte-for-byte equal to how the recordings were made.
 """
@@ -115,6 +119,18 @@ def normalize_blob(value: Optional[str], world: str) -> Any:
     return text
 
 
+_KILL_COMMAND = "__vmm_f() {"
+_GROUP_ID = re.compile(r"(__vmm_f |kill -(?:TERM|KILL|0) -)[0-9]+")
+_START_TIME = re.compile(r"(= ')[0-9]+(' \])")
+
+
+def normalize_command(cmd: str) -> str:
+    """A one-shot ssh command, with a remote kill's run-time ids replaced."""
+    if not cmd.startswith(_KILL_COMMAND) or "kill -TERM -" not in cmd:
+        return cmd
+    return _START_TIME.sub(r"\1{START}\2", _GROUP_ID.sub(r"\1{PGID}", cmd))
+
+
 def normalize_entry(
     entry: Mapping[str, Any], world: str, candidates: Set[str]
 ) -> Tuple[Optional[str], Dict[str, Any]]:
@@ -135,7 +151,7 @@ def normalize_entry(
             "host": entry["host"],
             "ssh": entry["ssh"],
             "opts": entry.get("opts", []),  # recorded as is (no {WORLD})
-            "cmd": normalize_value(entry.get("cmd", ""), world),
+            "cmd": normalize_command(normalize_value(entry.get("cmd", ""), world)),
         }
     other: Dict[str, Any] = {"vm": None}
     other.update(normalize_value(dict(entry), world))

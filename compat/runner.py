@@ -1,12 +1,20 @@
 """Run a VMM driver against the recorded compat scenarios.
 
     python -m compat.runner [--driver 'COMMAND'] [-j N] [--keep]
-                            [--ignore-exit] [--record] [SCENARIO_DIR...]
+                            [--ignore-exit] [--record | --golden NAME
+                            [--record-golden]] [SCENARIO_DIR...]
 
 Each scenario runs in a fresh world (fake hosts, journal) with the fake
 ssh/scp first on PATH; the driver's normalised stdout, journal and exit
 status are judged against the recording, applying the scenario's ``port``
 rules (DIVERGENCES.md).  Without scenario dirs, compat/scenarios is used.
+
+``--golden NAME`` judges a mode that differs from Ruby by design (``default``:
+the driver without ``--compat strict``): where a scenario holds the project's
+own recording of that mode (``expected.NAME.*``) it is compared exactly with
+it, elsewhere with Ruby's recording as above. ``--record-golden`` writes those
+files for the scenarios where the mode differs from Ruby's recording, and
+removes them where it no longer does.
 """
 
 from __future__ import annotations
@@ -27,7 +35,12 @@ from typing import Callable, Dict, List, Optional, Sequence  # noqa: E402
 
 from compat import judge as judging  # noqa: E402
 from compat.normalize import normalize_journal, normalize_stdout  # noqa: E402
-from compat.scenario import EXPECTED_KINDS, Scenario, expand_scenario_paths  # noqa: E402
+from compat.scenario import (  # noqa: E402
+    EXPECTED_KINDS,
+    PortRules,
+    Scenario,
+    expand_scenario_paths,
+)
 from compat.session import play  # noqa: E402
 from compat.world import build_world, driver_env, new_world_dir, snapshot  # noqa: E402
 
@@ -70,7 +83,8 @@ def _record(scenario: Scenario, got: Dict[str, str]) -> None:
 
 
 def _run_in_world(
-    scenario: Scenario, driver: str, world: str, record: bool, ignore_exit: bool
+    scenario: Scenario, driver: str, world: str, record: bool, ignore_exit: bool,
+    golden: Optional[str] = None, record_golden: bool = False,
 ) -> ScenarioResult:
     """Build the world, play the scenario, normalise, judge (or record)."""
     t0 = time.monotonic()
@@ -79,6 +93,9 @@ def _run_in_world(
         return ScenarioResult(
             scenario.name, judging.DIFFERS, 0.0, ["not compared: " + rules.differs], scenario.path
         )
+    own = golden is not None and not record_golden and scenario.has_golden(golden)
+    if own:
+        rules = PortRules()  # the project's own recording: compared exactly
     build_world(
         world,
         config=scenario.config,
@@ -87,7 +104,8 @@ def _run_in_world(
     )
     before = snapshot(world)
     env = driver_env(world, scenario.vm_ids(), scenario.env)
-    expected = {kind: scenario.expected(kind) for kind in EXPECTED_KINDS}
+    expected = {kind: scenario.expected(kind, golden if own else None)
+                for kind in EXPECTED_KINDS}
     need = None
     if rules is not None and expected["stdout"] is not None:
         need = judging.answers_needed(expected["stdout"], rules)
@@ -102,7 +120,24 @@ def _run_in_world(
         return ScenarioResult(scenario.name, judging.RECORDED, time.monotonic() - t0, [],
                               scenario.path)
     status, report = judging.judge(expected, got, rules, ignore_exit)
+    if record_golden and golden is not None:
+        _record_golden(scenario, golden, got if status != judging.PASS else None)
+        if status != judging.PASS:
+            status, report = judging.RECORDED, []
     return ScenarioResult(scenario.name, status, time.monotonic() - t0, report, scenario.path)
+
+
+def _record_golden(scenario: Scenario, golden: str, got: Optional[Dict[str, str]]) -> None:
+    """Write the mode's own recording (``got``), or remove it (None: the mode
+    reads as Ruby's recording)."""
+    for kind in EXPECTED_KINDS:
+        path = scenario.expected_path(kind, golden)
+        if got is None:
+            if os.path.exists(path):
+                os.remove(path)
+            continue
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(got[kind])
 
 
 def run_scenario(
@@ -112,13 +147,16 @@ def run_scenario(
     keep: bool = False,
     record: bool = False,
     ignore_exit: bool = False,
+    golden: Optional[str] = None,
+    record_golden: bool = False,
 ) -> ScenarioResult:
     """Run one scenario directory; never raises (errors are FAIL results)."""
     t0 = time.monotonic()
     name = os.path.basename(os.path.abspath(path).rstrip("/"))
     world = new_world_dir()
     try:
-        result = _run_in_world(Scenario.load(path), driver, world, record, ignore_exit)
+        result = _run_in_world(Scenario.load(path), driver, world, record, ignore_exit,
+                               golden, record_golden)
     except Exception as error:  # a broken scenario or runner bug: report it
         result = ScenarioResult(
             name, judging.FAIL, time.monotonic() - t0, [f"runner error: {error!r}"], path
@@ -139,6 +177,8 @@ def run_scenarios(
     keep: bool = False,
     record: bool = False,
     ignore_exit: bool = False,
+    golden: Optional[str] = None,
+    record_golden: bool = False,
     on_result: Optional[Callable[[ScenarioResult], None]] = None,
 ) -> List[ScenarioResult]:
     """Run scenarios (a dir of scenarios is expanded), ``jobs`` at a time.
@@ -151,7 +191,8 @@ def run_scenarios(
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = [
             pool.submit(
-                run_scenario, d, driver, keep=keep, record=record, ignore_exit=ignore_exit
+                run_scenario, d, driver, keep=keep, record=record, ignore_exit=ignore_exit,
+                golden=golden, record_golden=record_golden,
             )
             for d in dirs
         ]
@@ -195,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", action="store_true",
                         help="write expected.* files instead of comparing (reference "
                              "driver only; refused on the shipped compat/scenarios)")
+    parser.add_argument("--golden", metavar="NAME",
+                        help="judge a mode against its own recordings (expected.NAME.*) "
+                             "where it has them, against Ruby's elsewhere")
+    parser.add_argument("--record-golden", action="store_true",
+                        help="with --golden: write expected.NAME.* where the mode differs "
+                             "from Ruby's recording, remove them where it does not")
     parser.add_argument("scenarios", nargs="*", default=[SCENARIOS_DIR],
                         help="scenario dirs; a dir holding scenario dirs is expanded "
                              "(default: compat/scenarios)")
@@ -204,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; exit status 1 when a scenario failed."""
     opts = build_parser().parse_args(argv)
+    if opts.record_golden and not opts.golden:
+        print("--record-golden needs --golden NAME", file=sys.stderr)
+        return 2
+    if opts.record and opts.golden:
+        print("--record writes Ruby's recording; a mode's own is --golden NAME "
+              "--record-golden", file=sys.stderr)
+        return 2
     if opts.record:
         shipped = _refuse_shipped_recording(opts.scenarios)
         if shipped:
@@ -213,7 +267,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.monotonic()
     results = run_scenarios(
         opts.scenarios, opts.driver, opts.jobs, keep=opts.keep, record=opts.record,
-        ignore_exit=opts.ignore_exit, on_result=_print_result,
+        ignore_exit=opts.ignore_exit, golden=opts.golden, record_golden=opts.record_golden,
+        on_result=_print_result,
     )
     failed = sum(1 for r in results if r.status == judging.FAIL)
     differs = sum(1 for r in results if r.status == judging.DIFFERS)
@@ -222,6 +277,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{differs} not compared (port rule: differs)")
     if opts.record:
         print(f"{compared} recorded")
+    elif opts.record_golden:
+        recorded = sum(1 for r in results if r.status == judging.RECORDED)
+        print(f"{recorded} recorded as {opts.golden!r}, {compared - failed - recorded} as Ruby's, "
+              f"{failed} failed")
     else:
         print(f"{compared - failed} passed, {failed} failed")
     print(f"total time {time.monotonic() - t0:.1f}s")

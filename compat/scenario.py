@@ -133,13 +133,21 @@ class Scenario:
                 ids.add(words[1])
         return ids
 
-    def expected(self, kind: str) -> Optional[str]:
-        """Content of ``expected.<kind>``, or None when not recorded."""
-        path = os.path.join(self.path, "expected." + kind)
+    def expected(self, kind: str, golden: Optional[str] = None) -> Optional[str]:
+        """Content of ``expected.<kind>`` (``expected.<golden>.<kind>``: the
+        project's own recording of a mode), or None when not recorded."""
+        path = self.expected_path(kind, golden)
         if not os.path.exists(path):
             return None
         with open(path, encoding="utf-8") as f:
             return f.read()
+
+    def expected_path(self, kind: str, golden: Optional[str] = None) -> str:
+        return os.path.join(self.path, "expected." + (f"{golden}." if golden else "") + kind)
+
+    def has_golden(self, golden: str) -> bool:
+        """Whether this mode has a recording of its own (it differs from Ruby's by design)."""
+        return os.path.exists(self.expected_path("stdout", golden))
 
     def port_rules(self) -> PortRules:
         """The scenario's port rules (none when there is no ``port`` file)."""

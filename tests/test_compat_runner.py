@@ -644,3 +644,50 @@ def test_runner_runs_as_a_file() -> None:
     res = subprocess.run([sys.executable, str(ROOT / "compat" / "runner.py"), "--help"],
                          cwd="/", capture_output=True, timeout=30)
     assert res.returncode == 0 and b"--driver" in res.stdout
+
+
+def test_a_mode_recording_of_its_own_is_written_judged_and_removed(
+        stub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario = tmp_path / "poll_basic"
+    shutil.copytree(SCENARIOS / "poll_basic", scenario)
+    golden = [scenario / f"expected.mine.{kind}" for kind in ("stdout", "journal.jsonl", "exit")]
+    # the mode answers otherwise than Ruby: its own recording is written
+    monkeypatch.setenv("STUB_MODE", "wrong")
+    result = runner.run_scenario(str(scenario), stub, golden="mine", record_golden=True)
+    assert result.status == "RECORDED"
+    assert all(path.is_file() for path in golden)
+    assert "POLL FAILURE 42 nope" in golden[0].read_text()
+    # ... and is what the mode is judged by from now on, exactly
+    assert runner.run_scenario(str(scenario), stub, golden="mine").status == "PASS"
+    monkeypatch.setenv("STUB_MODE", "")
+    changed = runner.run_scenario(str(scenario), stub, golden="mine")
+    assert changed.status == "FAIL" and "-POLL FAILURE 42 nope" in changed.report
+    # without --golden, Ruby's recording still judges
+    assert runner.run_scenario(str(scenario), stub).status == "PASS"
+    # the mode reads as Ruby again: recording removes its own files
+    result = runner.run_scenario(str(scenario), stub, golden="mine", record_golden=True)
+    assert result.status == "PASS"
+    assert not any(path.exists() for path in golden)
+    assert (scenario / "expected.stdout").read_text() == \
+        (SCENARIOS / "poll_basic" / "expected.stdout").read_text()
+
+
+def test_cli_golden_options_go_together() -> None:
+    assert runner.main(["--record-golden", "--driver", "false",
+                        str(SCENARIOS / "poll_basic")]) == 2
+    assert runner.main(["--record", "--golden", "default", "--driver", "false",
+                        str(SCENARIOS / "poll_basic")]) == 2
+
+
+def test_remote_kill_commands_lose_their_run_time_ids() -> None:
+    from vmm_exec.transports.base import RemoteGroup, group_kill_command
+
+    a = normalize.normalize_command(group_kill_command(RemoteGroup(3756, "4943621")))
+    b = normalize.normalize_command(group_kill_command(RemoteGroup(10261, "4962101")))
+    assert a == b
+    assert "3756" not in a and "4943621" not in a
+    assert a.count("{PGID}") == 4 and a.count("{START}") == 1
+    # anything else, a script's own kill included, is left as it is
+    for cmd in ["kill -TERM -3756", "if [ -x \"x\" ]; then x 12 34; fi",
+                "__vmm_f() { :; }; __vmm_f 12 20"]:
+        assert normalize.normalize_command(cmd) == cmd
