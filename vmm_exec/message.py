@@ -14,7 +14,7 @@ import binascii
 import codecs
 import re
 from functools import lru_cache
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from vmm_exec import rubyisms, xmlcompat
 from vmm_exec.xmlcompat import Element, XmlError
@@ -222,21 +222,10 @@ class Message:
         # again changes nothing): the view is each match written inside its own
         # new parents; nothing is parsed, copied or moved.
         parts: List[str] = []
+        drivers: List[str] = []
         try:
-            for xpath in VNM_XPATHS:
-                for element in vm.find_all(xpath):
-                    parts += _wrapped(element, xpath)
-            drivers: List[str] = []
-            for device in VNM_DEVICES:
-                xpath = "TEMPLATE/" + device
-                for element in vm.find_all(xpath):
-                    node = element.get_text("VN_MAD")
-                    vn_mad = node.to_s() if node is not None else ""
-                    if not vn_mad:
-                        continue
-                    if vn_mad not in drivers:
-                        drivers.append(vn_mad)
-                    parts += _wrapped(element, xpath)
+            for element, xpath in _vnm_matches(vm, drivers):
+                parts += _wrapped(element, xpath)
         except XmlError as exc:
             raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
         return drivers, ("<VM>" + "".join(parts) + "</VM>") if parts else "<VM/>"
@@ -249,20 +238,9 @@ class Message:
         try:
             source = _root(xmlcompat.parse(self.element_xml("VM")))
             view = Element("VM")  # REXML::Document.new('<VM></VM>').root
-            for xpath in VNM_XPATHS:
-                for element in source.find_all(xpath):
-                    _add_element_to_path(view, element, xpath)
             drivers: List[str] = []
-            for device in VNM_DEVICES:
-                xpath = "TEMPLATE/" + device
-                for element in source.find_all(xpath):
-                    node = element.get_text("VN_MAD")
-                    vn_mad = node.to_s() if node is not None else ""
-                    if not vn_mad:
-                        continue
-                    if vn_mad not in drivers:
-                        drivers.append(vn_mad)
-                    _add_element_to_path(view, element, xpath)
+            for element, xpath in _vnm_matches(source, drivers):
+                _add_element_to_path(view, element, xpath)
             return drivers, view.to_s()
         except XmlError as exc:
             raise MessageError(f"cannot build the network driver view of the VM: {exc}") from exc
@@ -270,6 +248,25 @@ class Message:
             for tree in (view, source):
                 if tree is not None:
                     xmlcompat.dispose(tree)
+
+
+def _vnm_matches(vm: Element, drivers: List[str]) -> Iterator[Tuple[Element, str]]:
+    """What ``get_vnm_drivers`` moves into the view, in its order, with the path
+    it was found by: every match of VNM_XPATHS, then the devices with a VN_MAD,
+    whose drivers are added to ``drivers`` (each once, in order of appearance).
+    Each path is looked up when its turn comes, after the moves before it."""
+    for xpath in VNM_XPATHS:
+        for element in vm.find_all(xpath):
+            yield element, xpath
+    for device in VNM_DEVICES:
+        xpath = "TEMPLATE/" + device
+        for element in vm.find_all(xpath):
+            node = element.get_text("VN_MAD")
+            vn_mad = node.to_s() if node is not None else ""
+            if vn_mad:
+                if vn_mad not in drivers:
+                    drivers.append(vn_mad)
+                yield element, xpath
 
 
 # In the VM as written (``<name`` and `` key='value'``, canonical): a start tag or
