@@ -171,16 +171,6 @@ def fd_count(pid: int) -> int:
         return 0
 
 
-def host_endpoints(bed: Testbed) -> Set[str]:
-    """The hosts' sshd endpoints as /proc/net/tcp writes them (ADDR:PORT in hex)."""
-    import socket
-    result = set()
-    for info in bed.hosts.values():
-        packed = socket.inet_aton(info.address)
-        result.add(f"{int.from_bytes(packed, sys.byteorder):08X}:{info.port:04X}")
-    return result
-
-
 def established_to(endpoints: Set[str]) -> int:
     """Established TCP connections whose remote end is one of ``endpoints`` (client
     sides: the driver's, its ssh processes', ControlMaster processes')."""
@@ -365,7 +355,7 @@ def storm(world: World, bed: Testbed, transport: str, hosts: Sequence[str], vms:
         driver.send(b"INIT\n")
         if not driver.wait_count(1, 30):
             raise RuntimeError("the driver did not answer INIT")
-        sampler = Sampler(driver.proc.pid, host_endpoints(bed))
+        sampler = Sampler(driver.proc.pid, bed.tcp_endpoints())
         sampler.start()
         if profile:
             spy = start_spy(driver.proc.pid, os.path.join(profile, f"{transport}.txt"))

@@ -13,7 +13,6 @@ No timing is asserted; every wait is bounded.
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -160,14 +159,6 @@ def proc_threads(pid: int) -> int:
     return 0
 
 
-def endpoints(bed: Testbed) -> Set[str]:
-    found = set()
-    for info in bed.hosts.values():
-        packed = socket.inet_aton(info.address)
-        found.add(f"{int.from_bytes(packed, sys.byteorder):08X}:{info.port:04X}")
-    return found
-
-
 def established(pid: int, wanted: Set[str]) -> int:
     """The driver's established TCP connections to the hosts."""
     inodes = set()
@@ -211,7 +202,7 @@ def test_driver_threads_and_connections_stay_within_t(many: Testbed) -> None:
     oned = world.start_driver(f"-t {THREADS} -r 0 --max-connections {THREADS} "
                               f"--max-handshakes {HANDSHAKES} kvm", transport="paramiko")
     assert oned.pid is not None
-    sampler = Sampler(oned.pid, endpoints(many))
+    sampler = Sampler(oned.pid, many.tcp_endpoints())
     sampler.start()
     try:
         for index, vmid in enumerate(vms):

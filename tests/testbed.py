@@ -554,6 +554,15 @@ class Testbed:
                 raise
             return self
 
+    def tcp_endpoints(self) -> Set[str]:
+        """The hosts' sshd endpoints as /proc/net/tcp writes them (ADDR:PORT in hex),
+        to count connections to the hosts."""
+        found = set()
+        for info in self.hosts.values():
+            packed = socket.inet_aton(info.address)
+            found.add(f"{int.from_bytes(packed, sys.byteorder):08X}:{info.port:04X}")
+        return found
+
     def stop(self) -> None:
         """Stop every sshd and every session process (by PID); remove a temporary root."""
         with self._lock:
