@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Dict, List, Sequence, Tuple
 
+from vmm_exec.testing.simoned import proc_stats
+
 # Bounded clean-up of processes the driver left behind (see kill_leftovers).
 LEFTOVER_ROUNDS = 20
 _PR_SET_CHILD_SUBREAPER = 36
@@ -31,26 +33,8 @@ def become_subreaper() -> None:
 
 def process_table() -> Dict[int, Tuple[int, str, str]]:
     """pid -> (ppid, state, command name) from /proc; empty where there is no /proc."""
-    table: Dict[int, Tuple[int, str, str]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return table
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        close = stat.rfind(b")")
-        fields = stat[close + 2:].split()
-        if len(fields) < 2:
-            continue
-        comm = stat[stat.find(b"(") + 1:close].decode("utf-8", "replace")
-        table[int(name)] = (int(fields[1]), fields[0].decode(), comm)
-    return table
+    return {pid: (int(fields[1]), fields[0].decode(), comm)
+            for pid, comm, fields in proc_stats()}
 
 
 def descendants(root: int) -> Dict[int, str]:

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Callable, Iterable, List, Optional, Sequence, Union
+from typing import IO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "DEFAULT_ARGS",
@@ -206,17 +206,13 @@ class DriverInitError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
-def pids_in_group(pgid: int, *, include_zombies: bool = False) -> List[int]:
-    """PIDs whose process group is ``pgid`` (Linux ``/proc``), to check for leftovers.
-
-    Zombies are left out by default: they run nothing, and in a container without a
-    reaping init an orphan may stay a zombie for a while.
-    """
-    found: List[int] = []
+def proc_stats() -> Iterator[Tuple[int, str, List[bytes]]]:
+    """(pid, command name, the ``stat`` fields after it: state, ppid, pgrp, ...) of
+    every process in Linux ``/proc``; nothing where there is no ``/proc``."""
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return found
+        return
     for name in entries:
         if not name.isdigit():
             continue
@@ -226,13 +222,20 @@ def pids_in_group(pgid: int, *, include_zombies: bool = False) -> List[int]:
         except OSError:
             continue
         # "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) < 3 or int(fields[2]) != pgid:
-            continue
-        if fields[0] == b"Z" and not include_zombies:
-            continue
-        found.append(int(name))
-    return sorted(found)
+        close = stat.rfind(b")")
+        fields = stat[close + 2:].split()
+        if len(fields) >= 3:
+            yield int(name), stat[stat.find(b"(") + 1:close].decode("utf-8", "replace"), fields
+
+
+def pids_in_group(pgid: int, *, include_zombies: bool = False) -> List[int]:
+    """PIDs whose process group is ``pgid`` (Linux ``/proc``), to check for leftovers.
+
+    Zombies are left out by default: they run nothing, and in a container without a
+    reaping init an orphan may stay a zombie for a while.
+    """
+    return sorted(pid for pid, _, fields in proc_stats()
+                  if int(fields[2]) == pgid and (include_zombies or fields[0] != b"Z"))
 
 
 _LIVE: set[SimulatedOned] = set()
