@@ -553,6 +553,10 @@ def _offset(pieces: List[str], index: int) -> int:
     return len("<".join(pieces[:index]))
 
 
+def _unexpected(what: str, pieces: List[str], index: int) -> XmlError:
+    return XmlError(f"tokenizer: unexpected {what} at offset {_offset(pieces, index)}")
+
+
 def _build(text: str, stop: Optional[str] = None) -> Document:
     """Build the tree of well-formed text (lxml checked it) in one pass.
 
@@ -587,8 +591,7 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             head, close, rest = piece.partition(">")
             if not close or current is None or (
                     head[1:] != current.name and head[1:].rstrip(_XML_SPACE) != current.name):
-                raise XmlError("tokenizer: unexpected end tag at offset "
-                               f"{_offset(pieces, index)}")
+                raise _unexpected("end tag", pieces, index)
             stack.pop()
             if stop is not None and len(stack) == 1 and current.name == stop:
                 return doc
@@ -600,8 +603,7 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             if not close or '"' in head or "'" in head:
                 m = _START_TAG.match(piece)
                 if m is None:
-                    raise XmlError("tokenizer: unexpected markup at offset "
-                                   f"{_offset(pieces, index)}")
+                    raise _unexpected("markup", pieces, index)
                 name, attributes, empty = m.group(1, 2, 3)
                 rest = piece[m.end():]
             else:
@@ -655,8 +657,7 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             rest = body[end + 2:]
             m = _INSTRUCTION.fullmatch(body, 1, end)
             if m is None:
-                raise XmlError("tokenizer: unexpected markup at offset "
-                               f"{_offset(pieces, index)}")
+                raise _unexpected("markup", pieces, index)
             if m.group(1) == "xml":  # the XML declaration is not a node REXML writes
                 continue
             node = InstructionNode(m.group(1), m.group(2))
@@ -666,8 +667,7 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             source = "<".join(pieces)
             m = _DOCTYPE.match(source, _offset(pieces, index))
             if m is None:
-                raise XmlError("tokenizer: unexpected markup at offset "
-                               f"{_offset(pieces, index)}")
+                raise _unexpected("markup", pieces, index)
             if "<!ENTITY" in m.group(0):
                 # REXML would expand such entities in Element#text; we refuse
                 # them rather than guess (and avoid entity-expansion attacks).
@@ -677,7 +677,7 @@ def _build(text: str, stop: Optional[str] = None) -> Document:
             rest = pieces[0]
             continue
         else:
-            raise XmlError(f"tokenizer: unexpected markup at offset {_offset(pieces, index)}")
+            raise _unexpected("markup", pieces, index)
         node.parent = current
         siblings.append(node)
     if stack:
