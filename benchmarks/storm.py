@@ -45,6 +45,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from e2e.kit import World, remote_script_paths  # noqa: E402
 from testbed import Testbed, Unavailable  # noqa: E402
 
+from vmm_exec.testing.simoned import proc_stats  # noqa: E402
+
 TRANSPORTS = ("openssh", "openssh-cm", "paramiko")
 # the Ruby driver, where an OpenNebula tree with it is installed (--ruby DIR)
 RUBY_TRANSPORTS = ("ruby", "ruby-cm")
@@ -129,17 +131,20 @@ def proc_status(pid: int) -> Dict[str, int]:
     return values
 
 
+def _cpu(fields: Sequence[bytes]) -> Tuple[float, float]:
+    """(own, reaped children's) CPU seconds from the ``stat`` fields after the name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return ((int(fields[11]) + int(fields[12])) / tick,
+            (int(fields[13]) + int(fields[14])) / tick)
+
+
 def cpu_seconds(pid: int) -> Tuple[float, float]:
     """(own, reaped children's) CPU seconds of ``pid``."""
     try:
         data = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return 0.0, 0.0
-    fields = data[data.rfind(b")") + 2:].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    own = (int(fields[11]) + int(fields[12])) / tick
-    children = (int(fields[13]) + int(fields[14])) / tick
-    return own, children
+    return _cpu(data[data.rfind(b")") + 2:].split())
 
 
 def hosts_cpu(bed: Testbed) -> float:
@@ -147,19 +152,15 @@ def hosts_cpu(bed: Testbed) -> float:
     scripts): live processes' own and reaped children's time, the listeners' reaped
     sessions included. A session alive at both readings is counted from its start."""
     children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                data = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            ppid = int(data[data.rfind(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
+    cpu: Dict[int, float] = {}
+    for pid, _, fields in proc_stats():  # one reading of /proc for both
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = sum(_cpu(fields))
     todo = [info.sshd_pid for info in bed.hosts.values() if info.sshd_pid is not None]
     total = 0.0
     while todo:
         pid = todo.pop()
-        total += sum(cpu_seconds(pid))
+        total += cpu.get(pid, 0.0)
         todo.extend(children.get(pid, ()))
     return total
 
